@@ -1,0 +1,1 @@
+"""pytest entry point of the toolkit (options, fixtures and hooks are added here)."""
