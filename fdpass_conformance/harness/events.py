@@ -1,0 +1,98 @@
+"""One-way event reports from the server's processes to the controller.
+
+The master's control channel is busy while it dispatches and a worker has
+none, so both report what happened (a connection served, accept failing,
+EOF) as JSON lines on a shared pipe. Each line is far below PIPE_BUF, hence
+atomic; the write end is non-blocking so a slow reader can never stall a
+worker: an event that doesn't fit is counted as dropped, not waited for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import select
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Event:
+    role: str  # "master" | "worker"
+    index: int  # worker index, -1 for the master
+    pid: int
+    kind: str  # "served", "accept-error", "eof", "dispatch-error", "crash", ...
+    detail: dict[str, Any] = field(default_factory=dict)
+    at: float = 0.0
+
+
+class EventWriter:
+    def __init__(self, fd: int, role: str, index: int) -> None:
+        self.fd, self.role, self.index = fd, role, index
+        self.dropped = 0
+
+    def emit(self, kind: str, **detail: Any) -> None:
+        line = json.dumps(
+            {
+                "role": self.role,
+                "index": self.index,
+                "pid": os.getpid(),
+                "kind": kind,
+                "detail": detail,
+                "at": time.monotonic(),
+            },
+            default=str,
+        )
+        data = (line[:3800] + "\n").encode()
+        try:
+            os.write(self.fd, data)
+        except BlockingIOError:
+            self.dropped += 1
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.EBADF):
+                raise
+
+
+class EventReader:
+    """The controller's end: drains without blocking and keeps every event."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.events: list[Event] = []
+        self._partial = b""
+
+    def drain(self, timeout: float = 0.0) -> list[Event]:
+        """Read what is available (waiting up to ``timeout`` for the first byte)."""
+        new: list[Event] = []
+        wait = timeout
+        while self.fd >= 0 and select.select([self.fd], [], [], wait)[0]:
+            wait = 0.0
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            *lines, self._partial = (self._partial + chunk).split(b"\n")
+            for raw in lines:
+                with contextlib.suppress(ValueError):
+                    new.append(Event(**json.loads(raw)))
+        self.events.extend(new)
+        return new
+
+    def wait_for(self, predicate: Any, timeout: float) -> Event | None:
+        """The first event (old or new) matching ``predicate``, or None at the deadline."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for ev in self.events[seen:]:
+                if predicate(ev):
+                    return ev
+            seen = len(self.events)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.drain(min(remaining, 0.05))

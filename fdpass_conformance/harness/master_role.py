@@ -1,0 +1,300 @@
+"""The forked master of the server under test: runs the implementation on request.
+
+The controller drives it step by step over the control channel (construct,
+create_socket, open_channels, fork workers, dispatch...), so a suite can stop
+at any step, inject a fault, and look at what the implementation left behind.
+Between requests an "auto" mode dispatches whenever a listener is readable.
+One master can hold several proxy instances, which is how isolation between
+instances of one process (FP-13) is observed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import os
+import resource
+import select
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..contract import is_fd_passing
+from .childproc import CRASHED, fork_child
+from .events import EventWriter
+from .fdtable import FdFiller
+from .wire import WireClosed, recv_msg, send_msg
+from .worker_role import run_worker
+
+
+@dataclass
+class MasterConfig:
+    factory: Callable[[], object]
+    events_fd: int
+    enter_namespace: bool = False
+    master_setup: Callable[[], object] | None = None
+    worker_setup: Callable[[int], object] | None = None
+    dispatch_timeout: float = 2.0
+
+
+@dataclass
+class Instance:
+    proxy: Any
+    fd_passing: bool
+    listeners: list[socket.socket] = field(default_factory=list)
+    workers: dict[int, int] = field(default_factory=dict)  # index -> pid
+    auto: bool = False
+
+
+def describe_socket(sock: socket.socket) -> dict[str, Any]:
+    """Kernel-level facts about a socket the implementation returned."""
+    fd = sock.fileno()
+    if fd < 0:
+        return {"socket": True, "fd": fd, "closed": True}
+
+    def opt(level: int, name: int | None) -> int | None:
+        if name is None:
+            return None
+        try:
+            return sock.getsockopt(level, name)
+        except OSError:
+            return None
+
+    return {
+        "socket": True,
+        "fd": fd,
+        "closed": False,
+        "family": int(sock.family),
+        "type": opt(socket.SOL_SOCKET, socket.SO_TYPE),
+        "sockname": list(sock.getsockname()),
+        "listening": opt(socket.SOL_SOCKET, getattr(socket, "SO_ACCEPTCONN", None)),
+        "reuseaddr": opt(socket.SOL_SOCKET, socket.SO_REUSEADDR),
+        "reuseport": opt(socket.SOL_SOCKET, getattr(socket, "SO_REUSEPORT", None)),
+        "cloexec": bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
+        "nonblock": bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK),
+    }
+
+
+def _describe(value: object) -> object:
+    """Sockets can't cross the pipe; their description can."""
+    return describe_socket(value) if isinstance(value, socket.socket) else value
+
+
+class Master:
+    def __init__(self, cfg: MasterConfig, ctl: socket.socket) -> None:
+        self.cfg = cfg
+        self.ctl = ctl
+        self.instances: list[Instance] = []
+        self.exited: dict[int, int] = {}  # pid -> wait status
+        self.patches: list[Any] = []
+        self.signals: dict[int, int] = {}
+        self.filler = FdFiller()
+        self.events = EventWriter(cfg.events_fd, "master", -1)
+
+    # -- requests: the implementation ------------------------------------
+
+    def op_construct(self) -> tuple[int, bool]:
+        """A new instance from the factory; returns (instance number, fd_passing)."""
+        proxy = self.cfg.factory()
+        self.instances.append(Instance(proxy, is_fd_passing(proxy)))
+        return len(self.instances) - 1, self.instances[-1].fd_passing
+
+    def op_call(self, method: str, *args: Any, inst: int = 0, **kwargs: Any) -> object:
+        instance = self.instances[inst]
+        result = getattr(instance.proxy, method)(*args, **kwargs)
+        if method == "create_socket" and isinstance(result, socket.socket):
+            instance.listeners.append(result)
+        return _describe(result)
+
+    def op_accept_closed_listener(self, inst: int = 0) -> object:
+        """``accept`` on a listener this process has closed (SP-14)."""
+        instance = self.instances[inst]
+        listener = instance.listeners[-1]
+        listener.close()
+        return _describe(instance.proxy.accept(listener))
+
+    def op_fork_workers(self, n: int, inst: int = 0) -> list[int]:
+        instance = self.instances[inst]
+        listener = instance.listeners[-1]
+        for index in range(n):
+            body = functools.partial(self._worker_body, instance, index, listener)
+            instance.workers[index] = fork_child(body)
+        return list(instance.workers.values())
+
+    def op_dispatch(self, timeout: float | None, inst: int = 0) -> int:
+        instance = self.instances[inst]
+        return int(instance.proxy.dispatch(instance.listeners[-1], timeout=timeout))
+
+    def op_auto(self, on: bool, inst: int = 0) -> None:
+        self.instances[inst].auto = on
+
+    # -- requests: faults ------------------------------------------------
+
+    def op_rlimit(self, soft: int) -> tuple[int, int]:
+        prev = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, prev[1]))
+        return prev
+
+    def op_fill(self, keep_free: int) -> int:
+        return self.filler.fill(keep_free)
+
+    def op_unfill(self) -> int:
+        return self.filler.release()
+
+    def op_patch(self, target: str, error: int, after: int, times: int | None) -> None:
+        from ..faults.pylevel import PatchedErrno
+
+        patch = PatchedErrno(target, error, after=after, times=times)
+        patch.start()
+        self.patches.append(patch)
+
+    def op_unpatch(self) -> list[int]:
+        injected = []
+        while self.patches:
+            patch = self.patches.pop()
+            patch.stop()
+            injected.append(patch.injected)
+        return injected
+
+    def op_count_signal(self, sig: int) -> None:
+        """Install a handler that only counts, to deliver EINTR without other effect."""
+        self.signals[sig] = 0
+
+        def handler(signum: int, frame: object) -> None:
+            self.signals[signum] += 1
+
+        signal.signal(sig, handler)
+
+    def op_signal_counts(self) -> dict[int, int]:
+        return dict(self.signals)
+
+    def op_exited(self) -> dict[int, int]:
+        self._reap()
+        return dict(self.exited)
+
+    def op_shutdown(self, close_proxy: bool, grace: float) -> dict[int, int]:
+        self.filler.release()
+        for instance in self.instances:
+            instance.auto = False
+            if close_proxy:
+                try:
+                    instance.proxy.close()
+                except Exception as exc:
+                    self.events.emit("close-error", type=type(exc).__name__, message=str(exc))
+        # Only fd-passing workers can notice the close (EOF); don't wait for the others.
+        self._wait_workers(grace if any(i.fd_passing for i in self.instances) else 0.0)
+        return dict(self.exited)
+
+    # -- machinery -------------------------------------------------------
+
+    def _worker_body(self, instance: Instance, index: int, listener: socket.socket) -> int:
+        self.ctl.close()  # the controller must see EOF when the master goes
+        events = EventWriter(self.cfg.events_fd, "worker", index)
+        try:
+            return run_worker(
+                instance.proxy, index, listener, instance.fd_passing, events, self.cfg.worker_setup
+            )
+        except BaseException as exc:
+            events.emit(
+                "crash", type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc()
+            )
+            return CRASHED
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.exited[pid] = status
+
+    def _live_workers(self) -> list[int]:
+        self._reap()
+        pids = [p for inst in self.instances for p in inst.workers.values()]
+        return [p for p in pids if p not in self.exited]
+
+    def _wait_workers(self, grace: float) -> None:
+        """Workers of fd-passing proxies leave on EOF; the others are told to."""
+        for sig, wait in ((None, grace), (signal.SIGTERM, 1.0), (signal.SIGKILL, 2.0)):
+            live = self._live_workers()
+            if not live:
+                return
+            for pid in live:
+                if sig is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+            end = time.monotonic() + wait
+            while self._live_workers() and time.monotonic() < end:
+                time.sleep(0.005)  # polling waitpid with a deadline; there is no timed wait
+
+    def _auto_dispatch(self, inst: int) -> None:
+        try:
+            self.op_dispatch(self.cfg.dispatch_timeout, inst)
+        except TimeoutError:
+            pass
+        except Exception as exc:
+            self.events.emit(
+                "dispatch-error",
+                type=type(exc).__name__,
+                errno=getattr(exc, "errno", None),
+                message=str(exc),
+            )
+
+    def serve(self) -> int:
+        while True:
+            watch: dict[Any, int] = {self.ctl: -1}
+            for n, instance in enumerate(self.instances):
+                if instance.auto and instance.listeners and instance.listeners[-1].fileno() >= 0:
+                    watch[instance.listeners[-1]] = n
+            try:
+                ready = select.select(list(watch), [], [], 0.2)[0]
+            except OSError as exc:  # a listener closed under us: stop auto mode
+                self.events.emit("select-error", errno=exc.errno, message=str(exc))
+                for instance in self.instances:
+                    instance.auto = False
+                continue
+            self._reap()
+            for sock in ready:
+                if sock is not self.ctl:
+                    self._auto_dispatch(watch[sock])
+            if self.ctl in ready and not self._handle_request():
+                return 0
+
+    def _handle_request(self) -> bool:
+        try:
+            op, args, kwargs = recv_msg(self.ctl, timeout=5.0)
+        except WireClosed:
+            self.op_shutdown(True, 1.0)
+            return False
+        try:
+            value = getattr(self, "op_" + op)(*args, **kwargs)
+            reply: tuple[str, object, str] = ("ok", value, "")
+        except BaseException as exc:
+            reply = ("error", exc, traceback.format_exc())
+        send_msg(self.ctl, reply)
+        return bool(op != "shutdown")
+
+
+def run_master(cfg: MasterConfig, ctl: socket.socket) -> int:
+    if cfg.enter_namespace:
+        from .namespace import enter_new_ipc_namespace
+
+        enter_new_ipc_namespace()
+    if cfg.master_setup is not None:
+        cfg.master_setup()
+    master = Master(cfg, ctl)
+    send_msg(ctl, ("ok", os.getpid(), ""))
+    try:
+        return master.serve()
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            return 0
+        raise
