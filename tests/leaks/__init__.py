@@ -1,0 +1,1 @@
+"""Tests of fdpass_conformance.leaks, on real kernel objects."""
