@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..contract import is_fd_passing
+from ..contract import check_impl, is_fd_passing
 from .childproc import CRASHED, fork_child
 from .events import EventWriter
 from .fdtable import FdFiller
@@ -104,6 +104,11 @@ class Master:
         proxy = self.cfg.factory()
         self.instances.append(Instance(proxy, is_fd_passing(proxy)))
         return len(self.instances) - 1, self.instances[-1].fd_passing
+
+    def op_inspect(self, inst: int = 0) -> dict[str, Any]:
+        """The instance's shape (SP-01), judged where it was constructed."""
+        proxy = self.instances[inst].proxy
+        return {"missing": check_impl(proxy), "identity": id(proxy), "type": type(proxy).__name__}
 
     def op_call(self, method: str, *args: Any, inst: int = 0, **kwargs: Any) -> object:
         instance = self.instances[inst]

@@ -1,0 +1,61 @@
+"""What every contract suite class shares: the implementation, applicability, servers.
+
+A suite class runs against ``factory`` when a subclass sets it
+(``class TestMine(ContractSuite): factory = MyProxy``), or against each
+``--fdpass-impl`` when the plugin collects it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+import pytest
+
+from ..catalogue import BY_ID, applicable
+from ..fixtures.server import ProxyServerFactory
+from ..harness.server import ProxyServer
+from .applicability import facts_for
+
+
+class StartServer(Protocol):
+    def __call__(self, *, upto: str = ..., **options: Any) -> ProxyServer: ...
+
+
+def requirement_ids(item: pytest.Item) -> list[str]:
+    return [str(a) for m in item.iter_markers("requirement") for a in m.args]
+
+
+class SuiteBase:
+    #: The implementation's zero-argument factory; subclasses set it.
+    factory: ClassVar[Callable[[], object] | None] = None
+
+    @pytest.fixture
+    def impl(self) -> Callable[[], object]:
+        factory = type(self).factory
+        if factory is None:
+            raise pytest.UsageError(
+                f"{type(self).__name__}: set `factory = YourProxy` on the ContractSuite subclass"
+            )
+        return factory
+
+    @pytest.fixture(autouse=True)
+    def _fdpass_applicability(
+        self, request: pytest.FixtureRequest, impl: Callable[[], object]
+    ) -> None:
+        facts = facts_for(impl)
+        if not facts.supported:
+            pytest.skip("is_supported() returned False on this platform")
+        ids = requirement_ids(request.node)  # type: ignore[arg-type]
+        reqs = [BY_ID[i] for i in ids if i in BY_ID]
+        if reqs and not any(applicable(r, facts.fd_passing, facts.creates_ipc) for r in reqs):
+            if reqs[0].cls == "IPC":
+                pytest.skip("n/a: creates no System V IPC object (observed through ipcs)")
+            pytest.skip("n/a: not an fd-passing proxy (no dispatch)")
+
+    @pytest.fixture
+    def server(self, impl: Callable[[], object], proxy_server: ProxyServerFactory) -> StartServer:
+        def start(**options: Any) -> ProxyServer:
+            return proxy_server(impl, **options)
+
+        return start

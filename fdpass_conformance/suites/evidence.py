@@ -1,0 +1,62 @@
+"""Evidence the suites read from the kernel about a running server."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+from ..harness.server import ProxyServer
+from ..leaks.fds import FdInfo, fd_count, fd_inventory, summarize
+
+
+def processes(server: ProxyServer, inst: int = 0) -> dict[str, int]:
+    """name -> pid for the master and the live workers of instance ``inst``."""
+    out = {"master": server.master_pid or 0}
+    for i, pid in enumerate(server.instances[inst].worker_pids):
+        out[f"worker {i}"] = pid
+    return out
+
+
+def fd_counts(server: ProxyServer, names: list[str] | None = None) -> dict[str, int]:
+    procs = processes(server)
+    return {name: fd_count(pid) for name, pid in procs.items() if names is None or name in names}
+
+
+def describe_fds(pid: int) -> str:
+    return ", ".join(f"{k}={v}" for k, v in summarize(fd_inventory(pid)).items() if v)
+
+
+def assert_fd_counts_flat(server: ProxyServer, before: dict[str, int], what: str) -> None:
+    after = fd_counts(server, list(before))
+    grown = {n: (before[n], after[n]) for n in before if after[n] != before[n]}
+    if grown:
+        procs = processes(server)
+        lines = [
+            f"{name} (pid {procs[name]}): {a} -> {b} fds [{describe_fds(procs[name])}]"
+            for name, (a, b) in grown.items()
+        ]
+        raise AssertionError(f"fd counts changed {what}: " + "; ".join(lines))
+
+
+def kinds(server: ProxyServer, who: str | int, kind: str) -> list[FdInfo]:
+    return [f for f in server.fds(who) if f.kind == kind]
+
+
+def unix_sockets(pid: int) -> set[str]:
+    """Identities (``socket:[inode]``) of the AF_UNIX sockets a process holds."""
+    return {f.target for f in fd_inventory(pid) if f.kind == "unix"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not true within {timeout}s")
+        time.sleep(0.005)

@@ -1,0 +1,63 @@
+"""Choosing a fault layer for a server under test, and naming it in the report.
+
+Syscall-level injection (strace attached to the real process) works for any
+language, so it is preferred; the Python-level patch inside the master is the
+fallback where strace or ptrace is unavailable (macOS, restricted ptrace).
+The layer used is recorded in the test's user_properties for the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+
+from ..faults import syscall
+from ..faults.errors import parse_errno
+from ..harness.server import ProxyServer
+
+#: Python entry points for each system call, used by the Python-level layer.
+PY_TARGETS = {
+    "bind": "socket.socket.bind",
+    "listen": "socket.socket.listen",
+    "socketpair": "socket.socketpair",
+    "sendmsg": "socket.socket.sendmsg",
+    "recvmsg": "socket.socket.recvmsg",
+    "accept": "socket.socket._accept",
+    "accept4": "socket.socket._accept",
+    "msgget": "fdpass_conformance.sysv.msgget",
+}
+
+
+@contextlib.contextmanager
+def injected(
+    server: ProxyServer,
+    request: pytest.FixtureRequest,
+    call: str,
+    error: str,
+    *,
+    after: int = 0,
+    times: int | None = 1,
+) -> Iterator[str]:
+    """Fail the master's calls ``after+1..after+times`` of ``call`` with ``error``."""
+    code = parse_errno(error)
+    ok, why = syscall.available()
+    pid = server.master_pid
+    assert pid is not None
+    if ok:
+        request.node.user_properties.append(("fdpass_fault_layer", f"syscall:{call}:{error}"))
+        with syscall.SyscallFault(
+            pid, syscall=call, error=code, after=after, times=times, follow_forks=False
+        ):
+            yield "syscall"
+        return
+    target = PY_TARGETS.get(call)
+    if target is None:
+        pytest.skip(f"cannot inject {call} failures here: {why}")
+    request.node.user_properties.append(("fdpass_fault_layer", f"python:{target}:{error}"))
+    server.request("patch", target, code, after, times)
+    try:
+        yield "python"
+    finally:
+        server.request("unpatch")

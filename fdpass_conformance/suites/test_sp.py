@@ -1,0 +1,250 @@
+"""SP: what every proxy must do, whatever its strategy."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import pytest
+
+from ..contract import ProtocolType
+from ..harness.server import ProxyServer, read_reply
+from ..leaks.ports import port_is_free
+from .base import StartServer, SuiteBase
+from .evidence import assert_fd_counts_flat, fd_counts, free_port
+from .faultctl import injected
+
+INJECTED = [("bind", "EACCES"), ("listen", "EADDRINUSE")]
+BAD_PORTS: list[object] = [-1, 65536, 70000, "80", 1.5, None]
+PROTOCOLS: list[object] = [*ProtocolType, "tcp", "http", "websocket"]
+
+
+def _leaves_nothing(server: ProxyServer, inst: int, call: str, *args: object) -> BaseException:
+    """Run a call that must fail in instance ``inst``; assert it left no fd and no IPC object."""
+    fds = fd_counts(server, ["master"])
+    ipc = server.ipc_objects()
+    with pytest.raises(BaseException) as info:
+        server.call(call, *args, inst=inst)
+    assert_fd_counts_flat(server, fds, f"after the failing {call}{args}")
+    assert server.ipc_objects() == ipc, f"{call}{args} left IPC objects behind"
+    return info.value
+
+
+def _fail_create_socket(
+    server: ProxyServer, request: pytest.FixtureRequest, call: str, error: str
+) -> OSError:
+    with injected(server, request, call, error), pytest.raises(OSError) as info:
+        server.call("create_socket", 0)
+    return info.value
+
+
+class SocketProxySuite(SuiteBase):
+    @pytest.mark.requirement("SP-01")
+    def test_factory_returns_fresh_complete_objects(self, server: StartServer) -> None:
+        srv = server(upto="constructed")
+        srv.add_instance("constructed")
+        first, second = srv.request("inspect", inst=0), srv.request("inspect", inst=1)
+        assert first["missing"] == [], f"missing contract members: {first['missing']}"
+        assert first["identity"] != second["identity"], "the factory returned the same object twice"
+
+    @pytest.mark.requirement("SP-02")
+    def test_is_supported_is_pure(self, server: StartServer) -> None:
+        srv = server(upto="constructed")
+        ipc = srv.ipc_objects()
+        fds = fd_counts(srv, ["master"])
+        answers = [srv.call("is_supported") for _ in range(3)]
+        assert all(isinstance(a, bool) for a in answers), f"is_supported() returned {answers!r}"
+        assert len(set(answers)) == 1, f"is_supported() changed its answer: {answers}"
+        assert_fd_counts_flat(srv, fds, "after is_supported()")
+        assert srv.ipc_objects() == ipc, "is_supported() created IPC objects"
+
+    @pytest.mark.requirement("SP-03")
+    def test_listener_properties(self, server: StartServer) -> None:
+        srv = server(upto="listening")
+        desc = srv.instances[0].listener
+        assert desc["family"] == socket.AF_INET, "listener is not AF_INET"
+        assert desc["type"] == socket.SOCK_STREAM, "listener is not SOCK_STREAM"
+        assert desc["listening"], "listener is not listening (SO_ACCEPTCONN)"
+        assert not desc["nonblock"], "listener is non-blocking (O_NONBLOCK set)"
+        assert desc["cloexec"], "listener is inheritable (FD_CLOEXEC clear)"
+        assert desc["sockname"][1] != 0, "create_socket(0) did not bind an ephemeral port"
+        with srv.connect(timeout=5.0):
+            pass  # reachable on 127.0.0.1: the kernel completes the handshake from the backlog
+
+    @pytest.mark.requirement("SP-05")
+    def test_listener_has_reuseaddr(self, server: StartServer) -> None:
+        srv = server(upto="listening")
+        assert srv.instances[0].listener["reuseaddr"], "SO_REUSEADDR is not set on the listener"
+
+    @pytest.mark.requirement("SP-04")
+    def test_explicit_port_is_honoured(self, server: StartServer) -> None:
+        port = free_port()
+        srv = server(upto="listening", port=port)
+        assert srv.port == port, f"asked for port {port}, listener is on {srv.port}"
+
+    @pytest.mark.requirement("SP-06")
+    def test_every_protocol_gives_a_stream_listener(self, server: StartServer) -> None:
+        srv = server(upto="constructed")
+        for protocol in PROTOCOLS:
+            inst = srv.add_instance("constructed").number
+            desc = srv.call("create_socket", 0, protocol, inst=inst)
+            assert desc["type"] == socket.SOCK_STREAM and desc["listening"], (
+                f"protocol {protocol!r} did not give a listening stream socket"
+            )
+            srv.call("close", inst=inst)
+
+    @pytest.mark.requirement("SP-06")
+    @pytest.mark.parametrize("protocol", ["udp", "sctp", "", "TCP "])
+    def test_unknown_protocol_is_rejected(self, server: StartServer, protocol: str) -> None:
+        srv = server(upto="constructed")
+        exc = _leaves_nothing(srv, 0, "create_socket", 0, protocol)
+        assert isinstance(exc, ValueError), f"protocol {protocol!r} raised {exc!r}, not ValueError"
+
+    @pytest.mark.requirement("SP-07")
+    @pytest.mark.parametrize("port", BAD_PORTS, ids=repr)
+    def test_invalid_port_is_rejected(self, server: StartServer, port: object) -> None:
+        srv = server(upto="constructed")
+        exc = _leaves_nothing(srv, 0, "create_socket", port)
+        assert isinstance(exc, (ValueError, TypeError, OverflowError)), (
+            f"port {port!r} raised {exc!r}, not ValueError/TypeError/OverflowError"
+        )
+
+    @pytest.mark.requirement("SP-08")
+    def test_port_in_use(self, server: StartServer) -> None:
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            port = holder.getsockname()[1]
+            srv = server(upto="constructed")
+            exc = _leaves_nothing(srv, 0, "create_socket", port)
+        assert isinstance(exc, OSError), f"a port in use raised {exc!r}, not OSError"
+        assert exc.errno == errno.EADDRINUSE, f"errno is {exc.errno}, not EADDRINUSE"
+
+    @pytest.mark.requirement("SP-09")
+    def test_data_flows_both_ways(self, server: StartServer) -> None:
+        srv = server(workers=2)
+        for n in range(4):
+            with srv.connect() as client:
+                payload = f"sp09-{n}".encode()
+                reply = read_reply(client, payload, timeout=5.0)
+                assert reply.answered, f"no answer ({reply.end})"
+                assert reply.data == payload.decode(), "the worker saw other data than was sent"
+                assert reply.peer == client.getsockname()[:2], "peer address is not the client's"
+
+    @pytest.mark.requirement("SP-10")
+    def test_served_by_workers(self, server: StartServer) -> None:
+        srv = server(workers=2)
+        for _ in range(4):
+            reply = srv.request_reply()
+            assert reply.answered, f"no answer ({reply.end})"
+            assert reply.pid != srv.master_pid, "served by the master"
+            assert reply.pid in srv.worker_pids, f"served by pid {reply.pid}, not a worker"
+
+    @pytest.mark.requirement("SP-11")
+    def test_client_sees_eof_when_the_worker_closes(self, server: StartServer) -> None:
+        srv = server(workers=2)
+        for _ in range(4):
+            reply = srv.request_reply(timeout=3.0)
+            assert reply.answered, f"no answer ({reply.end})"
+            assert reply.end == "eof", (
+                f"the worker closed the connection but the client saw {reply.end}: "
+                "another process still holds a copy"
+            )
+
+    @pytest.mark.requirement("SP-12")
+    def test_close_releases_everything(self, server: StartServer) -> None:
+        srv = server(upto="constructed")
+        fds = fd_counts(srv, ["master"])
+        srv.create_socket()
+        if srv.fd_passing:
+            srv.call("open_channels", 2)
+        srv.fork_workers()
+        assert srv.request_reply().answered
+        if srv.fd_passing:
+            srv.set_auto(False)
+        srv.call("close")
+        srv.call("close")  # idempotent: must not raise
+        assert srv.ipc_objects() == [], "close() left IPC objects"
+        assert_fd_counts_flat(srv, fds, "after close() in the master")
+        port = srv.port
+        assert port is not None
+        report = srv.shutdown(close_proxy=False)
+        assert not report.processes_left, f"processes survived: {report.processes_left}"
+        assert port_is_free(port), f"port {port} is still bound after close() and worker exit"
+
+    @pytest.mark.requirement("SP-13")
+    def test_every_worker_serves(self, server: StartServer) -> None:
+        srv = server(workers=3)
+        indices = {srv.request_reply().index for _ in range(24)}
+        assert indices == {0, 1, 2}, f"only workers {sorted(indices, key=str)} served 24 requests"
+
+    @pytest.mark.requirement("SP-14")
+    def test_accept_on_closed_listener_fails_fast(self, server: StartServer) -> None:
+        srv = server(upto="listening")
+        with pytest.raises(OSError):
+            srv.request("accept_closed_listener", timeout=5.0)
+
+    @pytest.mark.requirement("SP-15")
+    def test_reuseport_listener_shares_its_port(self, server: StartServer) -> None:
+        srv = server(upto="listening")
+        if not srv.instances[0].listener.get("reuseport"):
+            pytest.skip("n/a: the listener has no SO_REUSEPORT")
+        second = srv.add_instance("constructed").number
+        desc = srv.create_socket(port=srv.port, inst=second)
+        assert desc["sockname"][1] == srv.instances[0].port
+
+    @pytest.mark.requirement("SP-16")
+    def test_fd_counts_flat_over_200_connections(self, server: StartServer) -> None:
+        srv = server(workers=2)
+        for _ in range(4):
+            assert srv.request_reply().answered
+        before = fd_counts(srv)
+        for n in range(200):
+            reply = srv.request_reply()
+            assert reply.answered and reply.end == "eof", f"connection {n}: {reply.end}"
+        assert_fd_counts_flat(srv, before, "over 200 sequential connections")
+
+    @pytest.mark.requirement("SP-17")
+    def test_64_concurrent_clients(self, server: StartServer) -> None:
+        srv = server(workers=2)
+        clients = [srv.connect(timeout=10.0) for _ in range(64)]
+        try:
+            for c in clients:
+                c.sendall(b"concurrent")
+            replies = [read_reply(c, b"", timeout=10.0) for c in clients]
+        finally:
+            for c in clients:
+                c.close()
+        bad = [r.end for r in replies if not r.answered]
+        assert not bad, f"{len(bad)} of 64 concurrent clients were not served: {bad[:5]}"
+
+    @pytest.mark.requirement("SP-18")
+    @pytest.mark.parametrize(("call", "error"), INJECTED)
+    def test_errors_keep_the_errno(
+        self, server: StartServer, request: pytest.FixtureRequest, call: str, error: str
+    ) -> None:
+        srv = server(upto="constructed")
+        fds = fd_counts(srv, ["master"])
+        exc = _fail_create_socket(srv, request, call, error)
+        assert exc.errno == getattr(errno, error), (
+            f"injected {error} into {call}, got errno {exc.errno}: {exc}"
+        )
+        assert_fd_counts_flat(srv, fds, f"after {call} failed")
+        assert srv.ipc_objects() == [], f"IPC objects left after {call} failed"
+
+    @pytest.mark.requirement("SP-19")
+    @pytest.mark.parametrize(("call", "error"), INJECTED)
+    def test_errors_name_the_step(
+        self, server: StartServer, request: pytest.FixtureRequest, call: str, error: str
+    ) -> None:
+        exc = _fail_create_socket(server(upto="constructed"), request, call, error)
+        assert call in str(exc).lower(), f"the message does not name {call}(): {exc}"
+
+    @pytest.mark.requirement("SP-20")
+    def test_accepted_sockets_are_blocking_and_cloexec(self, server: StartServer) -> None:
+        srv = server(workers=2)
+        for _ in range(4):
+            reply = srv.request_reply()
+            assert reply.answered
+            assert reply.nonblock is False, "accept() returned a non-blocking socket"
+            assert reply.cloexec is True, "accept() returned an inheritable socket"
