@@ -1,1 +1,139 @@
-"""pytest entry point of the toolkit (options, fixtures and hooks are added here)."""
+"""pytest entry point of the toolkit: options, validation of ``--fdpass-impl``, markers.
+
+Hooks only: loading lives in ``loading``, fixtures in ``fixtures``. Every
+``--fdpass-impl`` is validated at configure time so that a bad value stops the
+run with one line per problem (exit code 4) before anything is collected.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fdpass_conformance.loading import ImplError, ImplSpec, load_impl, unique_ids
+
+pytest_plugins = ["fdpass_conformance.fixtures.core", "fdpass_conformance.fixtures.server"]
+
+#: The validated implementations of this run, in command-line order.
+IMPLS_KEY = pytest.StashKey[list[ImplSpec]]()
+
+#: Default per-test timeout of contract tests, in seconds (ini ``fdpass_timeout``).
+DEFAULT_TIMEOUT = 60.0
+
+REQUIREMENT_MARKER = (
+    "requirement(*ids): the contract requirement IDs a test checks, e.g. "
+    '@pytest.mark.requirement("FP-03")'
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fdpass", "fd-passing proxy conformance")
+    group.addoption(
+        "--fdpass-impl",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="implementation to check: a zero-argument factory returning a new proxy, "
+        "e.g. reference:MasterProxy (repeatable)",
+    )
+    group.addoption(
+        "--fdpass-strict",
+        action="store_true",
+        default=False,
+        help="fail the run on SHOULD requirements too",
+    )
+    group.addoption(
+        "--fdpass-list",
+        action="store_true",
+        default=False,
+        help="list the contract requirements and exit",
+    )
+    group.addoption(
+        "--fdpass-only",
+        type=_comma_list,
+        default=(),
+        metavar="PREFIXES",
+        help="run only requirements whose ID starts with one of these "
+        "comma-separated prefixes, e.g. FP,IPC-0",
+    )
+    group.addoption(
+        "--fdpass-report",
+        default=None,
+        metavar="PATH",
+        help="write the conformance report to PATH",
+    )
+    group.addoption(
+        "--fdpass-hypothesis-profile",
+        default="default",
+        metavar="NAME",
+        help="hypothesis settings profile of the property tests (default: %(default)s)",
+    )
+    parser.addini(
+        "fdpass_timeout",
+        f"default per-test timeout of contract tests, in seconds (default {DEFAULT_TIMEOUT:g})",
+        default=str(DEFAULT_TIMEOUT),
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", REQUIREMENT_MARKER)
+    if config.option.help:
+        return  # --help must work even when an --fdpass-impl value is broken
+    impls: list[ImplSpec] = []
+    problems: list[str] = []
+    for spec in dict.fromkeys(config.getoption("fdpass_impl")):  # once per distinct value
+        try:
+            impls.append(load_impl(spec))
+        except ImplError as exc:
+            problems.append(str(exc))
+    try:
+        fdpass_timeout(config)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise pytest.UsageError(*problems)
+    config.stash[IMPLS_KEY] = unique_ids(impls)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses ``fdpass_impl`` once per implementation.
+
+    Without any ``--fdpass-impl`` nothing is parametrized and the fixture
+    skips; a test that parametrizes ``fdpass_impl`` itself is left alone.
+    """
+    if "fdpass_impl" not in metafunc.fixturenames or _parametrizes_itself(metafunc):
+        return
+    impls = get_impls(metafunc.config)
+    if impls:
+        metafunc.parametrize("fdpass_impl", impls, ids=[i.id for i in impls], indirect=True)
+
+
+def get_impls(config: pytest.Config) -> list[ImplSpec]:
+    """The validated ``--fdpass-impl`` implementations (empty before configure)."""
+    impls: list[ImplSpec] = config.stash.get(IMPLS_KEY, [])
+    return list(impls)
+
+
+def fdpass_timeout(config: pytest.Config) -> float:
+    """The ini ``fdpass_timeout`` as seconds; a ValueError names the bad value."""
+    raw = config.getini("fdpass_timeout")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"fdpass_timeout = {raw!r}: expected a positive number of seconds")
+    return value
+
+
+def _comma_list(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _parametrizes_itself(metafunc: pytest.Metafunc) -> bool:
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0] if marker.args else marker.kwargs.get("argnames", "")
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",")]
+        if "fdpass_impl" in names:
+            return True
+    return False

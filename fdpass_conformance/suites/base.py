@@ -46,7 +46,7 @@ class SuiteBase:
         facts = facts_for(impl)
         if not facts.supported:
             pytest.skip("is_supported() returned False on this platform")
-        ids = requirement_ids(request.node)  # type: ignore[arg-type]
+        ids = requirement_ids(request.node)
         reqs = [BY_ID[i] for i in ids if i in BY_ID]
         if reqs and not any(applicable(r, facts.fd_passing, facts.creates_ipc) for r in reqs):
             if reqs[0].cls == "IPC":
