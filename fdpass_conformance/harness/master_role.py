@@ -52,6 +52,14 @@ class Instance:
     auto: bool = False
 
 
+@dataclass(frozen=True)
+class ListenerRef:
+    """Stands, in a request's arguments, for the instance's latest listener."""
+
+
+LISTENER = ListenerRef()
+
+
 def describe_socket(sock: socket.socket) -> dict[str, Any]:
     """Kernel-level facts about a socket the implementation returned."""
     fd = sock.fileno()
@@ -112,6 +120,7 @@ class Master:
 
     def op_call(self, method: str, *args: Any, inst: int = 0, **kwargs: Any) -> object:
         instance = self.instances[inst]
+        args = tuple(instance.listeners[-1] if isinstance(a, ListenerRef) else a for a in args)
         result = getattr(instance.proxy, method)(*args, **kwargs)
         if method == "create_socket" and isinstance(result, socket.socket):
             instance.listeners.append(result)

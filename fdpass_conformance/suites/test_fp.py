@@ -1,0 +1,252 @@
+"""FP: what an fd-passing proxy must do on top of SP (n/a for shared-listener proxies)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from ..harness.master_role import LISTENER
+from ..harness.server import ProxyServer, read_reply
+from .base import StartServer, SuiteBase
+from .evidence import assert_fd_counts_flat, fd_counts, unix_sockets
+
+#: Exceptions that say "wrong call order" clearly; anything else looks like an internal bug.
+CLEAR_ERRORS = (RuntimeError, OSError, ValueError)
+
+
+def _sigpipe_default() -> None:
+    """Like a C or PHP master: SIGPIPE kills unless every send uses MSG_NOSIGNAL."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
+def _manual(srv: ProxyServer) -> ProxyServer:
+    srv.set_auto(False)
+    return srv
+
+
+def _dispatch_one(srv: ProxyServer, payload: bytes = b"manual") -> tuple[int, object]:
+    """Connect a client, dispatch it by hand, and return (index, the worker's reply)."""
+    with srv.connect() as client:
+        client.sendall(payload)
+        index = srv.dispatch(timeout=5.0)
+        return index, read_reply(client, b"", timeout=5.0)
+
+
+class FdPassingSuite(SuiteBase):
+    @pytest.mark.requirement("FP-01")
+    def test_fd_passing_methods_present(self, server: StartServer) -> None:
+        shape = server(upto="constructed").request("inspect")
+        assert shape["missing"] == [], f"missing: {', '.join(shape['missing'])}"
+
+    @pytest.mark.requirement("FP-02")
+    def test_worker_gets_the_accepted_connection(self, server: StartServer) -> None:
+        srv = server(workers=2)
+        for _ in range(4):
+            with srv.connect() as client:
+                reply = read_reply(client, b"fp02", timeout=5.0)
+                assert reply.answered, f"no answer ({reply.end})"
+                assert reply.peer == client.getsockname()[:2], "worker's peer is not the client"
+                assert reply.local == client.getpeername()[:2], "worker's local end differs"
+
+    @pytest.mark.requirement("FP-03")
+    def test_master_keeps_no_fd_of_the_connection(self, server: StartServer) -> None:
+        srv = _manual(server(workers=2))
+        with srv.connect() as client:
+            client.sendall(b"fp03")
+            srv.dispatch(timeout=5.0)
+            held = [f for f in srv.fds("master") if f.kind == "tcp"]
+            assert not held, "after dispatch the master still holds " + "; ".join(
+                f.describe(srv.master_pid or 0) for f in held
+            )
+            assert read_reply(client, b"", timeout=5.0).answered
+
+    @pytest.mark.requirement("FP-04")
+    def test_dispatch_returns_the_receiving_worker(self, server: StartServer) -> None:
+        srv = _manual(server(workers=3))
+        for n in range(6):
+            index, reply = _dispatch_one(srv, f"fp04-{n}".encode())
+            assert getattr(reply, "answered", False), f"connection {n} was not answered"
+            assert getattr(reply, "index", None) == index, (
+                f"dispatch returned {index}, but worker {getattr(reply, 'index', None)} served it"
+            )
+
+    @pytest.mark.requirement("FP-05")
+    def test_received_sockets_are_cloexec(self, server: StartServer) -> None:
+        srv = server(workers=2)
+        for _ in range(4):
+            reply = srv.request_reply()
+            assert reply.answered, f"no answer ({reply.end})"
+            assert reply.cloexec is True, "the worker received an inheritable socket"
+
+    @pytest.mark.requirement("FP-06")
+    def test_channel_ends_are_split(self, server: StartServer) -> None:
+        srv = server(upto="constructed", workers=3)
+        assert srv.master_pid is not None
+        inherited = unix_sockets(srv.master_pid)  # the harness's own, before the proxy acts
+        srv.create_socket()
+        srv.call("open_channels", 3)
+        srv.fork_workers()
+        for _ in range(3):  # the first dispatch is when the master drops the worker ends
+            assert srv.request_reply().answered
+        master = unix_sockets(srv.master_pid) - inherited
+        workers = [unix_sockets(pid) - inherited for pid in srv.worker_pids]
+        for i, ends in enumerate(workers):
+            shared = ends & master
+            assert not shared, f"worker {i} and the master share channel sockets {sorted(shared)}"
+            for j in range(i + 1, len(workers)):
+                both = ends & workers[j]
+                assert not both, f"workers {i} and {j} share channel sockets {sorted(both)}"
+
+    @pytest.mark.requirement("FP-07")
+    def test_worker_exit_or_death_leaves_ipc_and_others(self, server: StartServer) -> None:
+        srv = server(workers=3)
+        before = srv.ipc_objects()
+        srv.kill_worker(0)
+        assert srv.request_reply(b"exit").answered, "the exit request was not served"
+        srv.wait_events("exit", 1)
+        assert srv.ipc_objects() == before, "a worker's death or exit changed the IPC objects"
+        for n in range(4):
+            reply = srv.request_reply(timeout=5.0)
+            assert reply.answered, f"request {n} after the worker exits: {reply.end}"
+
+    @pytest.mark.requirement("FP-08")
+    def test_dead_worker_costs_nothing(self, server: StartServer) -> None:
+        srv = server(workers=2, master_setup=_sigpipe_default)
+        srv.kill_worker(0)
+        for n in range(6):
+            reply = srv.request_reply(timeout=5.0)
+            assert reply.answered, f"request {n} after worker 0 died: {reply.end}"
+            assert reply.index == 1
+        srv.request("exited")  # raises HarnessError if the master died (of SIGPIPE)
+
+    @pytest.mark.requirement("FP-09")
+    def test_no_live_worker(self, server: StartServer) -> None:
+        srv = _manual(server(workers=2, master_setup=_sigpipe_default))
+        srv.kill_worker(0)
+        srv.kill_worker(1)
+        with srv.connect() as client:
+            client.sendall(b"fp09")
+            with pytest.raises(OSError):
+                srv.dispatch(timeout=2.0)
+            reply = read_reply(client, b"", timeout=5.0)
+        assert not reply.answered
+        assert reply.end in ("eof", "reset"), f"the client was left hanging ({reply.end})"
+
+    @pytest.mark.requirement("FP-10")
+    def test_dispatch_timeout(self, server: StartServer) -> None:
+        srv = server(workers=2)
+        assert srv.request_reply().answered  # past the first dispatch, which drops worker ends
+        _manual(srv)
+        before = fd_counts(srv)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            srv.dispatch(timeout=0.3)
+        elapsed = time.monotonic() - started
+        assert elapsed >= 0.25, f"TimeoutError after {elapsed:.3f}s, before the 0.3s timeout"
+        assert_fd_counts_flat(srv, before, "after dispatch timed out")
+
+    @pytest.mark.requirement("FP-11")
+    def test_close_wakes_blocked_workers(self, server: StartServer) -> None:
+        srv = _manual(server(workers=2))
+        srv.call("close")
+        srv.wait_events("eof", 2, timeout=3.0)  # 1 s by the contract, slack for a busy machine
+
+    @pytest.mark.requirement("FP-12")
+    def test_idle_workers_preferred(self, server: StartServer) -> None:
+        srv = server(workers=3)
+        busy, held = srv.hold()
+        try:
+            assert held.index is not None, f"the held connection was not served ({held.end})"
+            for n in range(6):
+                reply = srv.request_reply(timeout=2.0)
+                assert reply.answered, f"request {n} went to the busy worker {held.index}"
+                assert reply.index != held.index
+        finally:
+            busy.close()
+
+    @pytest.mark.requirement("FP-13")
+    def test_instances_are_isolated(self, server: StartServer) -> None:
+        srv = server(workers=2)
+        first = srv.ipc_objects()
+        second = srv.add_instance("serving")
+        for inst, info in enumerate(srv.instances):
+            for _ in range(4):
+                reply = srv.request_reply(inst=inst)
+                assert reply.answered, f"instance {inst}: no answer ({reply.end})"
+                assert reply.pid in info.worker_pids, (
+                    f"a connection of instance {inst} reached another instance's worker"
+                )
+        if first:
+            own = [o for o in srv.ipc_objects() if o not in first]
+            assert own, "the second instance uses the first one's IPC objects"
+        srv.set_auto(False, inst=second.number)
+        srv.call("close", inst=second.number)
+        assert all(o in srv.ipc_objects() for o in first), (
+            "closing one instance removed the other's IPC objects"
+        )
+        assert srv.request_reply(inst=0).answered, "closing one instance broke the other"
+
+    @pytest.mark.requirement("FP-14")
+    def test_full_fd_table_in_a_worker(self, server: StartServer) -> None:
+        srv = server(workers=1)
+        assert srv.request_reply().answered
+        before = fd_counts(srv, ["worker 0"])
+        assert srv.request_reply(b"fill").answered
+        srv.wait_events("filled", 1)
+        victim = srv.request_reply(timeout=5.0)
+        assert not victim.answered and victim.end in ("eof", "reset"), (
+            f"with a full fd table the client should see EOF, saw {victim.end}"
+        )
+        srv.wait_events("accept-error", 1)
+        reply = srv.request_reply(timeout=5.0)
+        assert reply.answered, f"the worker did not accept again once fds were free ({reply.end})"
+        assert_fd_counts_flat(srv, before, "after the fd table was full")
+
+    @pytest.mark.requirement("FP-15")
+    @pytest.mark.parametrize(
+        ("upto", "calls"),
+        [
+            ("listening", [("dispatch", (0.2,))]),
+            ("listening", [("enter_worker", (0,))]),
+            ("channels", [("accept", ())]),
+            ("channels", [("close", ()), ("dispatch", (0.2,))]),
+        ],
+        ids=[
+            "dispatch-before-open_channels",
+            "enter_worker-before-open_channels",
+            "accept-without-enter_worker",
+            "dispatch-after-close",
+        ],
+    )
+    def test_out_of_order_calls(
+        self, server: StartServer, upto: str, calls: list[tuple[str, tuple[object, ...]]]
+    ) -> None:
+        srv = server(upto=upto)
+        *setup, (method, args) = calls
+        for name, a in setup:
+            srv.call(name, *a)
+        if method in ("dispatch", "accept"):
+            args = (LISTENER, *args)
+        with pytest.raises(BaseException) as info:
+            srv.call(method, *args, timeout=5.0)
+        assert isinstance(info.value, CLEAR_ERRORS), (
+            f"{method}() out of order raised {type(info.value).__name__}: {info.value}"
+        )
+
+    @pytest.mark.requirement("FP-16")
+    @pytest.mark.parametrize("workers", [0, -1, "2", True, 1.5], ids=repr)
+    def test_invalid_worker_count(self, server: StartServer, workers: object) -> None:
+        srv = server(upto="listening")
+        fds, ipc = fd_counts(srv, ["master"]), srv.ipc_objects()
+        with pytest.raises(BaseException) as info:
+            srv.call("open_channels", workers)
+        expected = (
+            ValueError if isinstance(workers, int) and not isinstance(workers, bool) else TypeError
+        )
+        assert isinstance(info.value, expected), (
+            f"open_channels({workers!r}) raised {info.value!r}, not {expected.__name__}"
+        )
+        assert_fd_counts_flat(srv, fds, f"after open_channels({workers!r})")
+        assert srv.ipc_objects() == ipc
