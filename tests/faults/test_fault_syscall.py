@@ -1,0 +1,233 @@
+"""SyscallFault: real strace, real tracee processes, real sendmsg calls."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from fdpass_conformance.faults import syscall
+from fdpass_conformance.faults.errors import FaultUnavailable
+from fdpass_conformance.faults.forked import call_in_child
+from fdpass_conformance.faults.syscall import SyscallFault, tracer_pid, when_expression
+
+from .helpers import SENDMSG_LOOP, LineProcess, proc_state, wait_for
+
+AVAILABLE, WHY = syscall.available()
+needs_strace = pytest.mark.skipif(not AVAILABLE, reason=f"strace unavailable: {WHY}")
+
+
+@pytest.fixture
+def tracee() -> Iterator[LineProcess]:
+    proc = LineProcess(SENDMSG_LOOP)
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
+def _untraced_and_running(pid: int) -> bool:
+    return tracer_pid(pid) == 0 and proc_state(pid) in ("S", "R")
+
+
+@needs_strace
+@pytest.mark.timeout(30)
+def test_exactly_the_second_sendmsg_fails_then_detach_leaves_it_running(
+    tracee: LineProcess,
+) -> None:
+    fault = SyscallFault(tracee.pid, "sendmsg", "ENOBUFS", after=1, times=1)
+    assert fault.when == "2"
+    try:
+        with fault:
+            assert tracer_pid(tracee.pid) == fault.strace_pid
+            assert tracee.ask("send 4") == "ok,ENOBUFS,ok,ok"
+        assert fault.strace_pid is None
+        assert fault.injected_count() == 1
+        assert "sendmsg(" in fault.log_text()
+        # Detached: the process is neither traced nor stopped, and sendmsg works again.
+        wait_for(lambda: _untraced_and_running(tracee.pid), 5, "an untraced, running tracee")
+        assert tracee.ask("send 3") == "ok,ok,ok"
+        assert tracee.ask("status") in ("tracer=0 state=R", "tracer=0 state=S")
+    finally:
+        fault.detach()
+
+
+@needs_strace
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("after", "times", "expected"),
+    [
+        (0, 1, "ENOBUFS,ok,ok,ok,ok"),
+        (1, 2, "ok,ENOBUFS,ENOBUFS,ok,ok"),
+        (2, None, "ok,ok,ENOBUFS,ENOBUFS,ENOBUFS"),
+    ],
+)
+def test_after_and_times_map_onto_strace_when(
+    tracee: LineProcess, after: int, times: int | None, expected: str
+) -> None:
+    with SyscallFault(tracee.pid, "sendmsg", "ENOBUFS", after=after, times=times) as fault:
+        assert tracee.ask("send 5") == expected
+    assert fault.injected_count() == expected.count("ENOBUFS")
+
+
+@needs_strace
+@pytest.mark.timeout(30)
+def test_counting_is_per_process_with_follow_forks(tracee: LineProcess) -> None:
+    """strace counts per tracee: a child forked while attached gets its own 1st call failed."""
+    with SyscallFault(tracee.pid, "sendmsg", "EPIPE", after=0, times=1) as fault:
+        assert tracee.ask("fork 2") == "child EPIPE,ok"
+        assert tracee.readline() == "parent EPIPE,ok"
+    assert fault.injected_count() == 2
+
+
+@needs_strace
+@pytest.mark.timeout(30)
+def test_without_follow_forks_the_child_is_untouched(tracee: LineProcess) -> None:
+    with SyscallFault(tracee.pid, "sendmsg", "EPIPE", follow_forks=False) as fault:
+        assert tracee.ask("fork 2") == "child ok,ok"
+        assert tracee.readline() == "parent EPIPE,ok"
+    assert fault.injected_count() == 1
+
+
+@needs_strace
+@pytest.mark.timeout(30)
+def test_strace_killed_the_kernel_detaches_and_the_tracee_runs_on(tracee: LineProcess) -> None:
+    fault = SyscallFault(tracee.pid, "sendmsg", "ENOBUFS", times=None)
+    try:
+        fault.attach()
+        assert tracee.ask("send 1") == "ENOBUFS"
+        strace_pid = fault.strace_pid
+        assert strace_pid is not None
+        os.kill(strace_pid, signal.SIGKILL)
+        wait_for(lambda: _untraced_and_running(tracee.pid), 5, "the kernel to detach the tracee")
+        assert tracee.ask("send 2") == "ok,ok"
+    finally:
+        fault.detach()  # reaps the killed strace
+
+
+@needs_strace
+@pytest.mark.timeout(30)
+def test_strace_detaches_when_the_process_that_started_it_dies(tracee: LineProcess) -> None:
+    """setpriv --pdeathsig: our death makes strace detach instead of injecting forever.
+
+    A subreaper child R forks C; C attaches a SyscallFault that fails every
+    sendmsg and is then SIGKILLed (no cleanup runs). strace, reparented to R,
+    must get SIGTERM, detach and exit; R reaps it.
+    """
+    if not syscall._pdeathsig_prefix():
+        pytest.skip("setpriv --pdeathsig unavailable: strace would outlive us (documented)")
+    tracee_pid = tracee.pid
+
+    def reaper() -> bytes:
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+        rfd, wfd = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                fault = SyscallFault(tracee_pid, "sendmsg", "ENOBUFS", times=None)
+                fault.attach()
+                os.write(wfd, f"{fault.strace_pid} {fault.log_path}\n".encode())
+                time.sleep(30)
+            finally:
+                os._exit(1)
+        os.close(wfd)
+        line = b""
+        deadline = time.monotonic() + 15
+        while not line.endswith(b"\n") and time.monotonic() < deadline:
+            chunk = os.read(rfd, 256)
+            if not chunk:
+                break
+            line += chunk
+        strace_pid_text, log_path = line.decode().split()
+        os.kill(child, signal.SIGKILL)
+        statuses: dict[int, int] = {}
+        while len(statuses) < 2 and time.monotonic() < deadline:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid:
+                statuses[pid] = status
+            else:
+                time.sleep(0.005)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(log_path)
+        strace_status = statuses.get(int(strace_pid_text))
+        return f"{strace_status is not None}".encode()
+
+    assert tracee.ask("send 1") == "ok"
+    result = call_in_child(reaper, timeout=25)
+    assert result.status == 0, result.output
+    assert result.output == b"True"  # strace exited (and was reaped) after C died
+    wait_for(lambda: _untraced_and_running(tracee_pid), 5, "the tracee to be detached")
+    assert tracee.ask("send 2") == "ok,ok"
+
+
+@needs_strace
+@pytest.mark.timeout(30)
+def test_attach_errors_are_clear() -> None:
+    with pytest.raises(ProcessLookupError, match="no process"):
+        SyscallFault(_dead_pid(), "sendmsg").attach()
+    proc = LineProcess(SENDMSG_LOOP)
+    try:
+        with pytest.raises(RuntimeError, match=r"strace exited .* before attaching"):
+            SyscallFault(proc.pid, "no_such_syscall_xyz").attach()
+        first = SyscallFault(proc.pid, "sendmsg")
+        with first, pytest.raises(RuntimeError, match=f"already traced by pid {first.strace_pid}"):
+            SyscallFault(proc.pid, "sendmsg").attach()
+        wait_for(lambda: _untraced_and_running(proc.pid), 5, "detach")
+    finally:
+        proc.close()
+
+
+def _dead_pid() -> int:
+    """The pid of a child that has exited and been reaped (no process has it now)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"error": "ENOBUF"}, "unknown errno name 'ENOBUF'"),
+        ({"error": "PIPE"}, "unknown errno name 'PIPE'"),
+        ({"error": 0}, "within 1..4095"),
+        ({"after": -1}, "after must be an int >= 0"),
+        ({"times": 0}, "times must be an int >= 1 or None"),
+        ({"after": 65535}, "strace's limit"),
+        ({"after": 65000, "times": 535}, "strace's limit"),
+        ({"syscall": "sendmsg; rm -rf /"}, "syscall must be a name"),
+    ],
+)
+def test_arguments_are_validated_in_one_line(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        SyscallFault(os.getpid(), **kwargs)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+def test_when_expression() -> None:
+    assert when_expression(0, 1) == "1"
+    assert when_expression(4, 1) == "5"
+    assert when_expression(1, 3) == "2..4"
+    assert when_expression(0, None) == "1+"
+    assert when_expression(9, None) == "10+"
+
+
+def test_macos_reports_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MOCK: this Linux machine cannot run the macOS branch, so sys.platform is patched."""
+    monkeypatch.setattr(sys, "platform", "darwin")
+    ok, why = syscall.available.__wrapped__()
+    assert (ok, why) == (False, "macOS has no strace (use the python layer)")
+    syscall.available.cache_clear()
+    try:
+        with pytest.raises(FaultUnavailable, match="unavailable: macOS has no strace"):
+            SyscallFault(os.getpid()).attach()
+    finally:
+        syscall.available.cache_clear()
