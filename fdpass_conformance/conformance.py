@@ -1,0 +1,155 @@
+"""The conformance run: registered only when ``--fdpass-impl`` is given.
+
+Like pytest-timeout, the plugin object exists only when it has work to do. It
+adds the contract suites to the collection (no ``--pyargs`` needed, from any
+directory), turns requirement levels into pytest outcomes (a SHOULD failure
+is an xfail unless ``--fdpass-strict``), and gathers one result per
+implementation and requirement for the terminal table and the report file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .catalogue import BY_ID
+from .harness.isolation import isolation_mode
+from .report import files
+from .report.model import Report, RequirementResult, TestOutcome
+
+SHOULD_REASON = "SHOULD-level requirement: reported, fails the run only with --fdpass-strict"
+
+
+def requirement_ids(item: pytest.Item) -> list[str]:
+    return [str(a) for m in item.iter_markers("requirement") for a in m.args]
+
+
+def _impl_id(item: pytest.Item) -> str:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "fdpass_impl" in callspec.params:
+        return str(getattr(callspec.params["fdpass_impl"], "id", callspec.params["fdpass_impl"]))
+    cls = getattr(item, "cls", None)
+    factory = getattr(cls, "factory", None)
+    return str(getattr(factory, "__qualname__", None) or getattr(cls, "__name__", "?"))
+
+
+def _one_line(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):  # a skip: (path, lineno, "Skipped: reason")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    crash = getattr(longrepr, "reprcrash", None)
+    text = getattr(crash, "message", None) or str(longrepr or "")
+    if getattr(report, "wasxfail", None) is not None and not text:
+        text = "failed (SHOULD)"
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _fault_layers() -> dict[str, str]:
+    from .faults import LAYERS
+
+    return {name: layer.status() for name, layer in LAYERS.items()}
+
+
+class ConformancePlugin:
+    def __init__(self, config: pytest.Config, timeout: float) -> None:
+        self.config = config
+        self.strict: bool = config.getoption("fdpass_strict")
+        self.only: tuple[str, ...] = tuple(p.upper() for p in config.getoption("fdpass_only"))
+        self.report_path: str | None = config.getoption("fdpass_report")
+        self.timeout = timeout
+        self.report = Report(self.strict, isolation_mode(), _fault_layers())
+        suites = str(Path(__file__).parent / "suites" / "collected.py")
+        if config.args_source != pytest.Config.ArgsSource.ARGS:
+            # No paths on the command line: run the suites alone, not testpaths/cwd.
+            config.args[:] = [suites]
+        elif suites not in config.args:
+            config.args.append(suites)
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        layers = "; ".join(f"{k}: {v}" for k, v in self.report.fault_layers.items())
+        return [
+            f"fdpass: IPC isolation: {self.report.isolation}",
+            f"fdpass: fault layers: {layers}",
+            "fdpass: levels: "
+            + ("strict (SHOULD failures fail)" if self.strict else "MUST fails, SHOULD warns"),
+        ]
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        keep: list[pytest.Item] = []
+        dropped: list[pytest.Item] = []
+        timeouts = config.pluginmanager.hasplugin("timeout")
+        for item in items:
+            ids = requirement_ids(item)
+            if not ids:
+                keep.append(item)
+                continue
+            if self.only and not any(i.startswith(p) for i in ids for p in self.only):
+                dropped.append(item)
+                continue
+            item.user_properties += [("requirement", i) for i in ids]
+            item.user_properties.append(("fdpass_impl", _impl_id(item)))
+            if not self.strict and all(BY_ID[i].level == "SHOULD" for i in ids if i in BY_ID):
+                item.add_marker(pytest.mark.xfail(strict=False, reason=SHOULD_REASON))
+            if timeouts and item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(self.timeout))
+            keep.append(item)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = report.user_properties
+        ids = [str(v) for k, v in props if k == "requirement"]
+        if not ids:
+            return
+        impl = next((str(v) for k, v in props if k == "fdpass_impl"), "?")
+        layer = next((str(v) for k, v in props if k == "fdpass_fault_layer"), "")
+        outcome: str | None = None
+        if getattr(report, "wasxfail", None) is not None:
+            outcome = "fail" if report.skipped else "pass"
+        elif report.failed:
+            outcome = "fail"
+        elif report.skipped:
+            outcome = "n-a" if _one_line(report).startswith("n/a") else "skip"
+        elif report.when == "call":
+            outcome = "pass"
+        if outcome is not None:
+            self.report.record(
+                impl, ids, TestOutcome(report.nodeid, outcome, _one_line(report), layer)
+            )
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        tr = terminalreporter
+        for impl in self.report.impls.values():
+            tr.write_sep("=", f"fdpass conformance: {impl.impl}")
+            for res in impl.requirements.values():
+                tr.write_line(_row(res), **_markup(res.verdict))
+            counts = ", ".join(f"{v} {k}" for k, v in impl.counts().items() if v)
+            tr.write_line(f"{impl.impl}: {counts}")
+        if self.report_path and self.report.impls:
+            files.write(self.report, self.report_path)
+            tr.write_line(f"fdpass report written to {self.report_path}")
+
+
+def _row(res: RequirementResult) -> str:
+    req = res.requirement
+    line = f"{req.id:<7} {req.level:<6} {res.verdict:<7}"
+    failure = res.first_failure
+    if failure is not None:
+        line += f" {failure.nodeid.rsplit('::', 1)[-1]}: {failure.reason}"
+    elif res.result in ("skip", "n-a") and res.tests:
+        line += f" {res.tests[0].reason}"
+    return line
+
+
+def _markup(verdict: str) -> dict[str, bool]:
+    return {
+        "pass": {"green": True},
+        "fail": {"red": True, "bold": True},
+        "warn": {"yellow": True},
+    }.get(verdict, {})

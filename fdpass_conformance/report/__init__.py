@@ -1,0 +1,1 @@
+"""Per-requirement results: gathered from pytest's reports, shown and written."""

@@ -1,0 +1,21 @@
+"""The contract suites, one class per requirement class, and ``ContractSuite`` for all.
+
+Downstream projects can run them inside their own test tree::
+
+    from fdpass_conformance import ContractSuite
+
+    class TestMyProxy(ContractSuite):
+        factory = MyProxy
+"""
+
+from __future__ import annotations
+
+from .test_fp import FdPassingSuite
+from .test_sp import SocketProxySuite
+
+
+class ContractSuite(SocketProxySuite, FdPassingSuite):
+    """Every requirement of the contract, against ``factory``."""
+
+
+__all__ = ["ContractSuite", "FdPassingSuite", "SocketProxySuite"]
