@@ -1,0 +1,1 @@
+"""Tests of the pytest plugin: options, --fdpass-impl validation and the core fixtures."""

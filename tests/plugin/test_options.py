@@ -1,0 +1,64 @@
+"""The reserved options parse, the ini timeout validates, the marker is registered."""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import INNER_TIMEOUT, error_lines
+
+pytestmark = pytest.mark.timeout(120)
+
+SHOW_OPTIONS = """
+import pytest
+from fdpass_conformance.plugin import fdpass_timeout
+
+def test_show(request):
+    opt = request.config.option
+    print("OPTS", opt.fdpass_strict, opt.fdpass_list, opt.fdpass_only, opt.fdpass_report,
+          opt.fdpass_hypothesis_profile, fdpass_timeout(request.config))
+
+@pytest.mark.requirement("FP-03", "IPC-01")
+def test_marked():
+    pass
+"""
+
+
+def test_defaults(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_show=SHOW_OPTIONS)
+    result = pytester.runpytest_subprocess("-s", "--strict-markers", timeout=INNER_TIMEOUT)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*OPTS False False () None default 60.0"])
+
+
+def test_every_reserved_option_parses(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_show=SHOW_OPTIONS)
+    result = pytester.runpytest_subprocess(
+        "-s",
+        "--strict-markers",
+        "--fdpass-strict",
+        "--fdpass-list",
+        "--fdpass-only= FP, IPC-0 ,,",
+        "--fdpass-report=out/report.json",
+        "--fdpass-hypothesis-profile=ci",
+        "-o",
+        "fdpass_timeout=2.5",
+        timeout=INNER_TIMEOUT,
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*OPTS True True ('FP', 'IPC-0') out/report.json ci 2.5"])
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon"])
+def test_bad_timeout_is_a_usage_error(pytester: pytest.Pytester, value: str) -> None:
+    pytester.makeini(f"[pytest]\nfdpass_timeout = {value}\n")
+    result = pytester.runpytest_subprocess(timeout=INNER_TIMEOUT)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert error_lines(result.stderr.lines) == [
+        f"ERROR: fdpass_timeout = '{value}': expected a positive number of seconds"
+    ]
+
+
+def test_requirement_marker_is_listed(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--markers", timeout=INNER_TIMEOUT)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["@pytest.mark.requirement(*ids): the contract requirement IDs*"])
