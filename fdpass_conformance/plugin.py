@@ -86,12 +86,53 @@ def pytest_configure(config: pytest.Config) -> None:
         except ImplError as exc:
             problems.append(str(exc))
     try:
-        fdpass_timeout(config)
+        timeout = fdpass_timeout(config)
     except ValueError as exc:
         problems.append(str(exc))
+    problems += _check_run_options(config)
     if problems:
         raise pytest.UsageError(*problems)
     config.stash[IMPLS_KEY] = unique_ids(impls)
+    if impls:
+        from fdpass_conformance.conformance import ConformancePlugin
+
+        config.pluginmanager.register(ConformancePlugin(config, timeout), "fdpass-conformance")
+
+
+def _check_run_options(config: pytest.Config) -> list[str]:
+    from fdpass_conformance.catalogue import select
+    from fdpass_conformance.report.files import check_path
+
+    problems = []
+    only = config.getoption("fdpass_only")
+    if only:
+        try:
+            select(list(only))
+        except ValueError as exc:
+            problems.append(f"--fdpass-only={','.join(only)}: {exc}")
+    report = config.getoption("fdpass_report")
+    if report:
+        problem = check_path(report)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """``--fdpass-list``: print the catalogue (h2spec's --dryrun) and run nothing."""
+    if not config.getoption("fdpass_list"):
+        return None
+    from fdpass_conformance.catalogue import select
+
+    try:
+        reqs = select(list(config.getoption("fdpass_only")))
+    except ValueError as exc:
+        raise pytest.UsageError(f"--fdpass-only: {exc}") from None
+    for req in reqs:
+        added = " (added)" if req.added else ""
+        print(f"{req.id:<7} {req.level:<6} {req.title}{added}")
+    return 0
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
