@@ -11,7 +11,11 @@ import pytest
 
 from fdpass_conformance.loading import ImplError, ImplSpec, load_impl, unique_ids
 
-pytest_plugins = ["fdpass_conformance.fixtures.core", "fdpass_conformance.fixtures.server"]
+pytest_plugins = [
+    "fdpass_conformance.fixtures.core",
+    "fdpass_conformance.fixtures.leaks",
+    "fdpass_conformance.fixtures.server",
+]
 
 #: The validated implementations of this run, in command-line order.
 IMPLS_KEY = pytest.StashKey[list[ImplSpec]]()
