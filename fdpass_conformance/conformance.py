@@ -62,12 +62,12 @@ class ConformancePlugin:
         self.report_path: str | None = config.getoption("fdpass_report")
         self.timeout = timeout
         self.report = Report(self.strict, isolation_mode(), _fault_layers())
-        suites = str(Path(__file__).parent / "suites" / "collected.py")
         if config.args_source != pytest.Config.ArgsSource.ARGS:
-            # No paths on the command line: run the suites alone, not testpaths/cwd.
-            config.args[:] = [suites]
-        elif suites not in config.args:
-            config.args.append(suites)
+            # No paths on the command line: the suites alone, not testpaths or the
+            # current directory. With paths, the user runs their own tests (the
+            # fixtures are parametrized by --fdpass-impl) and names the suites
+            # too if wanted: --pyargs fdpass_conformance.suites.collected.
+            config.args[:] = [str(Path(__file__).parent / "suites" / "collected.py")]
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         layers = "; ".join(f"{k}: {v}" for k, v in self.report.fault_layers.items())

@@ -28,7 +28,9 @@ def test_fresh_proxy_per_test_closed_at_teardown(
     pytester.makepyfile(impls=IMPLS, test_proxy=USES_PROXY)
     log = pytester.path / "impl.log"
     monkeypatch.setenv("IMPL_LOG", str(log))
-    result = pytester.runpytest_subprocess("--fdpass-impl=impls:Recorded", timeout=INNER_TIMEOUT)
+    result = pytester.runpytest_subprocess(
+        str(pytester.path), "--fdpass-impl=impls:Recorded", timeout=INNER_TIMEOUT
+    )
     result.assert_outcomes(passed=2)
     # The validation probe, then one instance per test, each closed after its test.
     assert log.read_text().split() == ["init", "close"] + ["init", "test", "close"] * 2
@@ -43,7 +45,7 @@ def test_close_that_raises_is_reported(pytester: pytest.Pytester) -> None:
         """,
     )
     result = pytester.runpytest_subprocess(
-        "--fdpass-impl=impls:SecondCloseFails", timeout=INNER_TIMEOUT
+        str(pytester.path), "--fdpass-impl=impls:SecondCloseFails", timeout=INNER_TIMEOUT
     )
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(

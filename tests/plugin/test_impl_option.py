@@ -115,6 +115,7 @@ def test_impls(request, fdpass_impl):
 def test_good_values_validate_and_parametrize(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_report=REPORT_IMPLS)
     result = pytester.runpytest_subprocess(
+        str(pytester.path),
         "--fdpass-impl=reference:MasterProxy",
         "--fdpass-impl=reference:ForkSharedProxy",
         "-s",
@@ -135,6 +136,7 @@ def test_good_values_validate_and_parametrize(pytester: pytest.Pytester) -> None
 def test_same_attribute_in_two_modules_gets_qualified_ids(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(first=IMPLS, second=IMPLS, test_report=REPORT_IMPLS)
     result = pytester.runpytest_subprocess(
+        str(pytester.path),
         "--fdpass-impl=first:Proxy",
         "--fdpass-impl=second:Proxy",
         "--fdpass-impl=reference:MasterProxy",
@@ -155,6 +157,7 @@ def test_same_attribute_in_two_modules_gets_qualified_ids(pytester: pytest.Pytes
 def test_repeated_value_runs_once(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_report=REPORT_IMPLS)
     result = pytester.runpytest_subprocess(
+        str(pytester.path),
         "--fdpass-impl=reference:MasterProxy",
         "--fdpass-impl=reference:MasterProxy",
         timeout=INNER_TIMEOUT,
@@ -175,7 +178,7 @@ def test_without_impl_the_impl_tests_skip(pytester: pytest.Pytester) -> None:
             pass
         """
     )
-    result = pytester.runpytest_subprocess("-rs", timeout=INNER_TIMEOUT)
+    result = pytester.runpytest_subprocess(str(pytester.path), "-rs", timeout=INNER_TIMEOUT)
     result.assert_outcomes(passed=1, skipped=2)
     result.stdout.fnmatch_lines(["SKIPPED [[]*[]] *: no --fdpass-impl given"])
 
@@ -187,14 +190,16 @@ def test_factory_is_called_once_and_the_probe_closed(
     log = pytester.path / "impl.log"
     monkeypatch.setenv("IMPL_LOG", str(log))
     result = pytester.runpytest_subprocess(
-        "--fdpass-impl=impls:Recorded", "--collect-only", timeout=INNER_TIMEOUT
+        str(pytester.path), "--fdpass-impl=impls:Recorded", "--collect-only", timeout=INNER_TIMEOUT
     )
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     assert log.read_text().split() == ["init", "close"]
 
 
 def test_help_works_despite_a_bad_impl(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess("--fdpass-impl=nocolon", "--help", timeout=60)
+    result = pytester.runpytest_subprocess(
+        str(pytester.path), "--fdpass-impl=nocolon", "--help", timeout=60
+    )
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*fd-passing proxy conformance*", "*--fdpass-impl=MODULE:ATTR*"])
 

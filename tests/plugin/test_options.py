@@ -36,7 +36,6 @@ def test_every_reserved_option_parses(pytester: pytest.Pytester) -> None:
         "-s",
         "--strict-markers",
         "--fdpass-strict",
-        "--fdpass-list",
         "--fdpass-only= FP, IPC-0 ,,",
         "--fdpass-report=out/report.json",
         "--fdpass-hypothesis-profile=ci",
@@ -45,7 +44,36 @@ def test_every_reserved_option_parses(pytester: pytest.Pytester) -> None:
         timeout=INNER_TIMEOUT,
     )
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*OPTS True True ('FP', 'IPC-0') out/report.json ci 2.5"])
+    result.stdout.fnmatch_lines(["*OPTS True False ('FP', 'IPC-0') out/report.json ci 2.5"])
+
+
+def test_fdpass_list_prints_the_catalogue_and_runs_nothing(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_never="def test_never():\n    raise AssertionError('ran')\n")
+    result = pytester.runpytest_subprocess(
+        "--fdpass-list", "--fdpass-only=FP-1", timeout=INNER_TIMEOUT
+    )
+    assert result.ret == pytest.ExitCode.OK
+    ids = [line.split()[0] for line in result.stdout.lines if line.startswith("FP-")]
+    assert ids == [f"FP-{n}" for n in range(10, 17)]
+    assert "ran" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--fdpass-only=XYZ", "ERROR: --fdpass-only=XYZ: no requirement ID starts with 'XYZ'*"),
+        ("--fdpass-report=out.pdf", "ERROR: --fdpass-report=out.pdf: unknown format '.pdf'*"),
+    ],
+)
+def test_bad_run_options_are_usage_errors(
+    pytester: pytest.Pytester, option: str, message: str
+) -> None:
+    result = pytester.runpytest_subprocess(
+        "--fdpass-impl=reference:MasterProxy", option, timeout=INNER_TIMEOUT
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str()
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "soon"])
