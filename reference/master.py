@@ -9,6 +9,7 @@ keeps the errno of the call that failed and names that call.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import socket
@@ -24,6 +25,13 @@ from .listener import open_listener, validate_port, validate_protocol
 TOKEN_MTYPE = 1
 #: The queue vanished under us (removed from outside): serve without tokens.
 _QUEUE_GONE = frozenset({errno.EIDRM, errno.EINVAL})
+_POLL_MAX_MS = 2**31 - 1
+
+
+def _poll_ms(seconds: float) -> int:
+    """poll() takes whole milliseconds (an int): round up, so that a timeout is never cut
+    short, and cap, so that a huge timeout waits in several polls instead of overflowing."""
+    return min(max(0, math.ceil(seconds * 1000)), _POLL_MAX_MS)
 
 
 class NoLiveWorkerError(BrokenPipeError):
@@ -50,6 +58,8 @@ class MasterProxy:
         self._sealed = False
         self._dead: set[int] = set()
         self._next = 0
+        self._poller: select.poll | None = None
+        self._poller_fd = -1
         # Worker side.
         self._index: int | None = None
         self._chan: socket.socket | None = None
@@ -148,20 +158,42 @@ class MasterProxy:
         self._sealed = True
 
     def _accept_fd(self, listener: socket.socket, timeout: float | None) -> int:
-        if listener.fileno() < 0:
+        """Accept one connection as a raw fd: no socket object is built only to be detached.
+
+        With a timeout, ``poll`` waits for the listener (``select`` costs more
+        per call and fails for fd numbers above FD_SETSIZE); without one, the
+        blocking ``accept`` itself waits, which saves the poll syscall.
+        """
+        fd = listener.fileno()
+        if fd < 0:
             raise OSError(errno.EBADF, "dispatch: the listener is closed")
-        if timeout is not None:
-            try:
-                ready, _, _ = select.select([listener], [], [], max(timeout, 0.0))
-            except OSError as exc:
-                raise OSError(exc.errno, f"dispatch: select() on listener failed: {exc}") from exc
-            if not ready:
-                raise TimeoutError(errno.ETIMEDOUT, f"dispatch: no connection within {timeout}s")
+        if timeout is not None and not self._wait_listener(fd, timeout):
+            raise TimeoutError(errno.ETIMEDOUT, f"dispatch: no connection within {timeout}s")
         try:
-            conn, _ = listener.accept()
+            conn_fd, _ = listener._accept()  # type: ignore[attr-defined]
         except OSError as exc:
             raise OSError(exc.errno, f"dispatch: accept() failed: {exc.strerror}") from exc
-        return conn.detach()
+        return int(conn_fd)
+
+    def _wait_listener(self, fd: int, timeout: float) -> bool:
+        """Wait until listener ``fd`` is readable; False once ``timeout`` seconds have passed.
+
+        The poll object is kept and re-registered only when the listener's fd
+        number changes: registering costs as much as the wait itself.
+        """
+        if self._poller is None or self._poller_fd != fd:
+            self._poller = select.poll()
+            self._poller.register(fd, select.POLLIN)
+            self._poller_fd = fd
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            try:
+                if self._poller.poll(_poll_ms(deadline - time.monotonic())):
+                    return True
+            except OSError as exc:
+                raise OSError(exc.errno, f"dispatch: poll() on listener failed: {exc}") from exc
+            if time.monotonic() >= deadline:
+                return False
 
     def _hand_over(self, fd: int, deadline: float | None) -> int:
         busy: set[int] = set()  # channels that were full this round
