@@ -9,9 +9,11 @@ and no further framing is needed.
 from __future__ import annotations
 
 import array
+import ctypes
 import errno
 import os
 import socket
+import struct
 
 
 def _seqpacket_works() -> bool:
@@ -82,3 +84,57 @@ def recv_fd(chan: socket.socket) -> tuple[bytes, int]:
             )
         raise OSError(errno.EBADMSG, f"accept: expected 1 fd from the master, got {len(fds)}")
     return msg, fds[0]
+
+
+# -- idle tokens on the System V queue: the per-connection fast path ------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_msgsnd = _libc.msgsnd
+_msgsnd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_msgsnd.restype = ctypes.c_int
+_msgrcv = _libc.msgrcv
+_msgrcv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long, ctypes.c_int]
+_msgrcv.restype = ctypes.c_ssize_t
+_IPC_NOWAIT = 0o4000
+_MSG_NOERROR = 0o10000
+_MTYPE = struct.Struct("l")
+_BODY_MAX = 64
+
+
+class TokenQueue:
+    """Non-blocking send and receive of idle tokens on an existing queue id.
+
+    Why not ``MessageQueue.send``/``receive``: they allocate a 2 KiB buffer per
+    call and build an OSError (with ``strerror``) for every empty receive,
+    which costs more than the msgrcv syscall itself; a dispatch does one of
+    them per connection. Here both buffers are allocated once, and an empty
+    queue is a plain ``None``. Errors keep the errno of the failing call.
+    """
+
+    def __init__(self, qid: int, mtype: int) -> None:
+        self.qid = qid
+        self.mtype = mtype
+        self._rbuf = ctypes.create_string_buffer(_MTYPE.size + _BODY_MAX)
+        self._sbuf = ctypes.create_string_buffer(_MTYPE.size + _BODY_MAX)
+        _MTYPE.pack_into(self._sbuf, 0, mtype)
+
+    def post(self, body: bytes) -> None:
+        """Send without blocking; a full queue raises BlockingIOError (EAGAIN)."""
+        n = len(body)
+        ctypes.memmove(ctypes.addressof(self._sbuf) + _MTYPE.size, body, n)
+        while _msgsnd(self.qid, self._sbuf, n, _IPC_NOWAIT) != 0:
+            code = ctypes.get_errno()
+            if code != errno.EINTR:
+                raise OSError(code, f"msgsnd failed: {os.strerror(code)}")
+
+    def take(self) -> bytes | None:
+        """The oldest token's body, or None when the queue is empty."""
+        while True:
+            n = _msgrcv(self.qid, self._rbuf, _BODY_MAX, self.mtype, _IPC_NOWAIT | _MSG_NOERROR)
+            if n >= 0:
+                return self._rbuf.raw[_MTYPE.size : _MTYPE.size + n]
+            code = ctypes.get_errno()
+            if code == errno.ENOMSG or code == errno.EAGAIN:
+                return None
+            if code != errno.EINTR:
+                raise OSError(code, f"msgrcv failed: {os.strerror(code)}")

@@ -60,6 +60,7 @@ class MasterProxy:
         self._next = 0
         self._poller: select.poll | None = None
         self._poller_fd = -1
+        self._token_queue: channel.TokenQueue | None = None
         # Worker side.
         self._index: int | None = None
         self._chan: socket.socket | None = None
@@ -246,21 +247,28 @@ class MasterProxy:
     def _pick_token(self, busy: set[int], deferred: list[int]) -> tuple[int, bool] | None:
         while self._queue_alive and self._queue is not None:
             try:
-                msg = self._queue.receive(TOKEN_MTYPE, block=False)
+                body = self._tokens().take()
             except OSError as exc:
                 if exc.errno not in _QUEUE_GONE:
                     raise OSError(exc.errno, f"dispatch: msgrcv failed: {exc.strerror}") from exc
                 self._queue_alive = False
                 break
-            if msg is None:
+            if body is None:
                 break
-            index = int(msg[1])
+            index = int(body)
             if index in busy:
                 deferred.append(index)
             elif 0 <= index < len(self._master_ends) and index not in self._dead:
                 return index, True
             # else a stale token of a dead worker: dropped
         return None
+
+    def _tokens(self) -> channel.TokenQueue:
+        """The fast token path on this proxy's queue (made once per queue, per process)."""
+        assert self._queue is not None
+        if self._token_queue is None or self._token_queue.qid != self._queue.id:
+            self._token_queue = channel.TokenQueue(self._queue.id, TOKEN_MTYPE)
+        return self._token_queue
 
     def _pick_round_robin(self, busy: set[int]) -> tuple[int | None, bool]:
         n = len(self._master_ends)
@@ -276,7 +284,7 @@ class MasterProxy:
         if self._queue is None or not self._queue_alive:
             return False
         try:
-            self._queue.send(TOKEN_MTYPE, str(index).encode(), block=False)
+            self._tokens().post(str(index).encode())
         except OSError as exc:
             if exc.errno in _QUEUE_GONE:
                 self._queue_alive = False
