@@ -35,9 +35,15 @@ _NOSIGNAL: int = getattr(socket, "MSG_NOSIGNAL", 0)
 _ANC_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
 _FD_SIZE = array.array("i").itemsize
 
-#: Tag bytes: whether the master consumed the worker's idle token for this fd.
+#: Tag bytes: whether the master consumed the worker's idle token for this fd. The
+#: upper-case tags also say that the fd is a TCP/IPv4 connection, so the worker can
+#: build its socket object without three syscalls (getsockname, SO_TYPE, SO_PROTOCOL)
+#: asking the kernel what the master already knew; lower case: ask the kernel.
 TAG_TOKEN = b"T"
 TAG_ROUND_ROBIN = b"R"
+_LOWER = {TAG_TOKEN: TAG_TOKEN.lower(), TAG_ROUND_ROBIN: TAG_ROUND_ROBIN.lower()}
+_FD = struct.Struct("i")
+_SEND_FLAGS = _NOSIGNAL | socket.MSG_DONTWAIT
 
 #: Dead peers, as the kernel reports them on send: re-route, don't fail.
 PEER_GONE = frozenset({errno.EPIPE, errno.ECONNREFUSED, errno.ECONNRESET})
@@ -48,13 +54,25 @@ def channel_pair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, CHANNEL_TYPE)
 
 
+def tag_for(tag: bytes, inet_tcp: bool) -> bytes:
+    """The tag to send: ``tag`` as is for a TCP/IPv4 connection, else its lower case."""
+    return tag if inet_tcp else _LOWER[tag]
+
+
+def is_token_tag(tag: bytes) -> bool:
+    return tag in (TAG_TOKEN, _LOWER[TAG_TOKEN])
+
+
 def send_fd(chan: socket.socket, fd: int, tag: bytes) -> None:
     """Send one fd without blocking and without SIGPIPE; every failure raises."""
-    chan.sendmsg(
-        [tag],
-        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())],
-        _NOSIGNAL | socket.MSG_DONTWAIT,
-    )
+    chan.sendmsg([tag], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))], _SEND_FLAGS)
+
+
+def socket_for(fd: int, tag: bytes) -> socket.socket:
+    """The worker's socket object for a received fd (see the tags above)."""
+    if tag.isupper():
+        return socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=fd)
+    return socket.socket(fileno=fd)
 
 
 def recv_fd(chan: socket.socket) -> tuple[bytes, int]:

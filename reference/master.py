@@ -61,6 +61,8 @@ class MasterProxy:
         self._poller: select.poll | None = None
         self._poller_fd = -1
         self._token_queue: channel.TokenQueue | None = None
+        self._inet_listener: socket.socket | None = None
+        self._inet = False
         # Worker side.
         self._index: int | None = None
         self._chan: socket.socket | None = None
@@ -145,7 +147,7 @@ class MasterProxy:
         deadline = None if timeout is None else time.monotonic() + timeout
         fd = self._accept_fd(listener, timeout)
         try:
-            return self._hand_over(fd, deadline)
+            return self._hand_over(fd, deadline, self._is_inet_tcp(listener))
         finally:
             os.close(fd)  # the worker has its own copy now, or nobody gets one
 
@@ -196,7 +198,14 @@ class MasterProxy:
             if time.monotonic() >= deadline:
                 return False
 
-    def _hand_over(self, fd: int, deadline: float | None) -> int:
+    def _is_inet_tcp(self, listener: socket.socket) -> bool:
+        """Whether the listener accepts TCP/IPv4 (cached: ``family`` is a slow property)."""
+        if self._inet_listener is not listener:
+            self._inet_listener = listener
+            self._inet = listener.family == socket.AF_INET and listener.type == socket.SOCK_STREAM
+        return self._inet
+
+    def _hand_over(self, fd: int, deadline: float | None, inet_tcp: bool) -> int:
         busy: set[int] = set()  # channels that were full this round
         while True:
             index, via_token = self._pick(busy)
@@ -219,9 +228,8 @@ class MasterProxy:
             chan = self._master_ends[index]
             assert chan is not None
             try:
-                channel.send_fd(
-                    chan, fd, channel.TAG_TOKEN if via_token else channel.TAG_ROUND_ROBIN
-                )
+                tag = channel.TAG_TOKEN if via_token else channel.TAG_ROUND_ROBIN
+                channel.send_fd(chan, fd, channel.tag_for(tag, inet_tcp))
                 return index
             except BlockingIOError:
                 busy.add(index)
@@ -330,6 +338,6 @@ class MasterProxy:
         if not self._token_out and self._index is not None:
             self._token_out = self._post_token(self._index)
         tag, fd = channel.recv_fd(self._chan)
-        if tag == channel.TAG_TOKEN:
+        if channel.is_token_tag(tag):
             self._token_out = False
-        return socket.socket(fileno=fd)
+        return channel.socket_for(fd, tag)
