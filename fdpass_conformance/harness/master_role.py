@@ -10,10 +10,12 @@ instances of one process (FP-13) is observed.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
 import functools
+import gc
 import os
 import resource
 import select
@@ -187,6 +189,47 @@ class Master:
 
     def op_signal_counts(self) -> dict[int, int]:
         return dict(self.signals)
+
+    def op_fork_bystander(
+        self, action: str, inst: int = 0, run_atexit: bool = False, timeout: float = 5.0
+    ) -> int:
+        """Fork a child that never calls ``enter_worker`` and let it end (IPC-10).
+
+        Such children exist in real servers (a health check, a daemonising
+        helper, a worker that failed before ``enter_worker``). ``action`` is
+        ``"close"``: the child calls the instance's ``close()``; or ``"drop"``:
+        it drops every reference to every proxy and runs ``gc.collect()``, so
+        finalizers run. Exceptions from the proxy are ignored: the caller
+        judges what the child left behind. With ``run_atexit`` the child then
+        runs the atexit handlers registered in this master, as a normal
+        interpreter exit would; start the master with
+        ``master_setup=atexit._clear`` so that the handlers inherited from the
+        pytest process are not among them. Returns the child's exit status
+        (minus the signal number if a signal ended it); a child still running
+        after ``timeout`` seconds is killed and TimeoutError raised.
+        """
+        from ..faults.forked import wait_pid
+
+        if action not in ("close", "drop"):
+            raise ValueError(f"action must be 'close' or 'drop', got {action!r}")
+        body = functools.partial(self._bystander_body, action, inst, run_atexit)
+        return wait_pid(fork_child(body), timeout)
+
+    def _bystander_body(self, action: str, inst: int, run_atexit: bool) -> int:
+        self.ctl.close()  # the controller must see EOF when the master goes
+        if action == "close":
+            with contextlib.suppress(Exception):
+                self.instances[inst].proxy.close()
+        else:
+            for instance in self.instances:
+                instance.proxy = None
+                instance.listeners.clear()
+            self.instances.clear()
+            gc.collect()
+        if run_atexit:
+            with contextlib.suppress(Exception):
+                atexit._run_exitfuncs()
+        return 0
 
     def op_exited(self) -> dict[int, int]:
         self._reap()
