@@ -36,7 +36,10 @@ def open_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.s
     On failure the socket is closed and the OSError keeps the failing call's
     errno, with a message naming that call.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise OSError(exc.errno, f"create_socket: socket() failed: {exc.strerror}") from exc
     step = "setsockopt(SO_REUSEADDR)"
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

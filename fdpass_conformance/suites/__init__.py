@@ -10,12 +10,14 @@ Downstream projects can run them inside their own test tree::
 
 from __future__ import annotations
 
+from .test_flt import FaultSuite
 from .test_fp import FdPassingSuite
+from .test_ipc import IpcSuite
 from .test_sp import SocketProxySuite
 
 
-class ContractSuite(SocketProxySuite, FdPassingSuite):
+class ContractSuite(SocketProxySuite, FdPassingSuite, IpcSuite, FaultSuite):
     """Every requirement of the contract, against ``factory``."""
 
 
-__all__ = ["ContractSuite", "FdPassingSuite", "SocketProxySuite"]
+__all__ = ["ContractSuite", "FaultSuite", "FdPassingSuite", "IpcSuite", "SocketProxySuite"]
