@@ -122,6 +122,21 @@ def _check_run_options(config: pytest.Config) -> list[str]:
     return problems
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A requirement ID that the catalogue doesn't know is a typo: stop the run."""
+    from fdpass_conformance.catalogue import BY_ID
+
+    unknown = sorted(
+        {str(i) for item in items for m in item.iter_markers("requirement") for i in m.args}
+        - set(BY_ID)
+    )
+    if unknown:
+        raise pytest.UsageError(
+            f"unknown requirement ID(s) in @pytest.mark.requirement: {', '.join(unknown)} "
+            "(see pytest --fdpass-list)"
+        )
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     """``--fdpass-list``: print the catalogue (h2spec's --dryrun) and run nothing."""

@@ -90,3 +90,18 @@ def test_requirement_marker_is_listed(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--markers", timeout=INNER_TIMEOUT)
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["@pytest.mark.requirement(*ids): the contract requirement IDs*"])
+
+
+def test_unknown_requirement_id_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_typo="""
+        import pytest
+
+        @pytest.mark.requirement("FP-99")
+        def test_typo():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(timeout=INNER_TIMEOUT)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: unknown requirement ID(s)*FP-99*"])
