@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,8 +20,9 @@ from .contract import check_impl, is_fd_passing
 #: Shown with every malformed value, so that the fix is on the same line.
 EXPECTED_FORM = "expected MODULE:ATTR, e.g. --fdpass-impl=reference:MasterProxy"
 
-#: Reserved for implementations in other languages, run as a subprocess.
+#: Implementations in other languages, run as a program behind the exec adapter.
 EXEC_PREFIX = "exec:"
+EXEC_FORM = "expected exec:COMMAND ARGS..., e.g. --fdpass-impl='exec:./build/masterproxy'"
 
 
 class ImplError(Exception):
@@ -41,6 +43,10 @@ class ImplSpec:
     factory: Callable[[], object] = field(compare=False)
     fd_passing: bool
     qualified: bool = field(default=False, compare=False)
+    #: The implementation's language ("python", or what an exec: program's hello says)
+    #: and, for an exec: program, the adapter protocol version it speaks.
+    language: str = field(default="python", compare=False)
+    protocol: int | None = field(default=None, compare=False)
 
     @property
     def id(self) -> str:
@@ -54,6 +60,8 @@ def load_impl(spec: str) -> ImplSpec:
     The probe object is closed right away: validation must not leave an fd or
     IPC object behind, even for an implementation that breaks IPC-01.
     """
+    if spec.startswith(EXEC_PREFIX):
+        return _load_exec(spec)
     module_name, attr = _split(spec)
     module = _import(spec, module_name)
     factory = _resolve(spec, module, attr)
@@ -84,9 +92,32 @@ def unique_ids(impls: Iterable[ImplSpec]) -> list[ImplSpec]:
     return [replace(impl, qualified=seen[impl.attr] > 1) for impl in items]
 
 
+def _load_exec(spec: str) -> ImplSpec:
+    """``exec:COMMAND ARGS...``: start the program once for its hello (docs/adapter.md)."""
+    from .adapter import ProgramError, exec_impl
+
+    try:
+        argv = shlex.split(spec[len(EXEC_PREFIX) :])
+    except ValueError as exc:
+        raise ImplError(f"--fdpass-impl={spec}: cannot split the command: {exc}") from None
+    if not argv:
+        raise ImplError(f"--fdpass-impl={spec}: no command after 'exec:'; {EXEC_FORM}")
+    try:
+        factory = exec_impl(argv)
+    except ProgramError as exc:
+        raise ImplError(f"--fdpass-impl={spec}: {exc}") from None
+    return ImplSpec(
+        spec,
+        "exec",
+        factory.name,
+        factory,
+        factory.hello.fd_passing,
+        language=factory.language,
+        protocol=factory.protocol,
+    )
+
+
 def _split(spec: str) -> tuple[str, str]:
-    if spec.startswith(EXEC_PREFIX):
-        raise ImplError(f"--fdpass-impl={spec}: exec: implementations are not supported yet")
     module_name, colon, attr = spec.partition(":")
     if not colon:
         raise ImplError(f"--fdpass-impl={spec}: no ':' in the value; {EXPECTED_FORM}")

@@ -34,6 +34,11 @@ from .fdtable import FdFiller
 from .wire import WireClosed, recv_msg, send_msg
 from .worker_role import run_worker
 
+#: Wait statuses of the children this master reaped (``waitpid(-1)`` takes any child),
+#: for code in this process that needs to learn how its own child ended: the exec
+#: adapter's program master.
+REAPED: dict[int, int] = {}
+
 
 @dataclass
 class MasterConfig:
@@ -52,6 +57,9 @@ class Instance:
     listeners: list[socket.socket] = field(default_factory=list)
     workers: dict[int, int] = field(default_factory=dict)  # index -> pid
     auto: bool = False
+    # index -> pid of the implementation's own worker process, for an out-of-process
+    # implementation (the exec adapter); the entries of ``workers`` then drive them.
+    impl_workers: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,8 @@ def describe_socket(sock: socket.socket) -> dict[str, Any]:
     fd = sock.fileno()
     if fd < 0:
         return {"socket": True, "fd": fd, "closed": True}
+    # An out-of-process implementation's socket: pid and flags in its own process.
+    impl_view = getattr(sock, "fdpass_describe", None)
 
     def opt(level: int, name: int | None) -> int | None:
         if name is None:
@@ -88,6 +98,7 @@ def describe_socket(sock: socket.socket) -> dict[str, Any]:
         "reuseport": opt(socket.SOL_SOCKET, getattr(socket, "SO_REUSEPORT", None)),
         "cloexec": bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
         "nonblock": bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK),
+        **(impl_view() if callable(impl_view) else {}),
     }
 
 
@@ -105,6 +116,7 @@ class Master:
         self.patches: list[Any] = []
         self.signals: dict[int, int] = {}
         self.filler = FdFiller()
+        self.impl_filler: Any = None  # the fd filler of an out-of-process implementation
         self.events = EventWriter(cfg.events_fd, "master", -1)
 
     # -- requests: the implementation ------------------------------------
@@ -138,10 +150,24 @@ class Master:
     def op_fork_workers(self, n: int, inst: int = 0) -> list[int]:
         instance = self.instances[inst]
         listener = instance.listeners[-1]
+        # An out-of-process implementation (the exec adapter) forks its own worker first;
+        # the Python worker forked next drives it, and the pids returned are its workers'.
+        spawn = getattr(instance.proxy, "fdpass_spawn_worker", None)
         for index in range(n):
+            if spawn is not None:
+                instance.impl_workers[index] = int(spawn(index))
             body = functools.partial(self._worker_body, instance, index, listener)
             instance.workers[index] = fork_child(body)
+            if spawn is not None:
+                instance.proxy.fdpass_worker_forked(index)
+        if spawn is not None:
+            return list(instance.impl_workers.values())
         return list(instance.workers.values())
+
+    def op_impl_pid(self, inst: int = 0) -> int:
+        """The pid of the implementation's master: this process, or an exec program's."""
+        impl_pid = getattr(self.instances[inst].proxy, "fdpass_impl_pid", None)
+        return int(impl_pid()) if callable(impl_pid) else os.getpid()
 
     def op_dispatch(self, timeout: float | None, inst: int = 0) -> int:
         instance = self.instances[inst]
@@ -152,15 +178,35 @@ class Master:
 
     # -- requests: faults ------------------------------------------------
 
+    def _impl_proxy(self) -> Any:
+        """The first out-of-process implementation (exec adapter) among the instances, or None."""
+        for instance in self.instances:
+            if callable(getattr(instance.proxy, "fdpass_impl_pid", None)):
+                return instance.proxy
+        return None
+
     def op_rlimit(self, soft: int) -> tuple[int, int]:
+        impl = self._impl_proxy()
+        if impl is not None:  # the limit of the implementation's master process
+            from ..faults.kernel import set_nofile_limit
+
+            return set_nofile_limit(int(impl.fdpass_impl_pid()), soft)
         prev = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, prev[1]))
         return prev
 
     def op_fill(self, keep_free: int) -> int:
+        impl = self._impl_proxy()
+        if impl is not None:  # the fd table of the implementation's master process
+            if self.impl_filler is None:
+                self.impl_filler = impl.fdpass_fd_filler()
+            return int(self.impl_filler.fill(keep_free))
         return self.filler.fill(keep_free)
 
     def op_unfill(self) -> int:
+        if self.impl_filler is not None:
+            filler, self.impl_filler = self.impl_filler, None
+            return int(filler.release())
         return self.filler.release()
 
     def op_patch(self, target: str, error: int, after: int, times: int | None) -> None:
@@ -237,6 +283,8 @@ class Master:
 
     def op_shutdown(self, close_proxy: bool, grace: float) -> dict[int, int]:
         self.filler.release()
+        if self.impl_filler is not None:
+            self.op_unfill()
         for instance in self.instances:
             instance.auto = False
             if close_proxy:
@@ -272,6 +320,7 @@ class Master:
             if pid == 0:
                 return
             self.exited[pid] = status
+            REAPED[pid] = status
 
     def _live_workers(self) -> list[int]:
         self._reap()

@@ -106,7 +106,17 @@ class InstanceInfo:
     port: int | None = None
     listener: dict[str, Any] = field(default_factory=dict)
     worker_pids: list[int] = field(default_factory=list)
+    impl_master: int | None = None  # an exec: implementation's master process
 
+
+#: Master operations that act on Python code inside the harness's master; for an exec:
+#: implementation that code is not the implementation, so they do not apply.
+PYTHON_ONLY_OPS = {
+    "patch": "n/a for an exec: implementation: the python fault layer patches Python "
+    "callables in the harness's master, and the implementation is a separate program",
+    "count_signal": "not checked for an exec: implementation: a signal handler installed in "
+    "the harness's master cannot make the program's own system calls fail with EINTR",
+}
 
 #: Steps of ``ProxyServer.start``, in order; ``upto`` stops after one of them.
 STEPS = ("constructed", "listening", "channels", "serving")
@@ -122,7 +132,10 @@ class ProxyServer:
             if (namespace.IPC_NAMESPACES if use_ns is None else use_ns)
             else "global-ipcs+lock"
         )
-        self.master_pid: int | None = None
+        self._master_pid: int | None = None
+        #: The implementation is a program behind the exec adapter: its own processes,
+        #: not the harness's, are the master and the workers that the evidence is read from.
+        self.exec_impl = bool(getattr(factory, "fdpass_exec", False))
         self.instances: list[InstanceInfo] = []
         self.events: EventReader
         self._ctl: socket.socket | None = None
@@ -158,14 +171,14 @@ class ProxyServer:
             os.close(r)
             return run_master(cfg, child_ctl)
 
-        self.master_pid = fork_child(body, new_group=True)
+        self._master_pid = fork_child(body, new_group=True)
         child_ctl.close()
         os.close(w)
         self._ctl = ctl
         self.events = EventReader(r)
         self._receive("start")
         if self.isolation == "ipc-namespace":
-            self._ns = namespace.NamespaceHandle.from_pid(self.master_pid)
+            self._ns = namespace.NamespaceHandle.from_pid(self._master_pid)
         self.add_instance(upto)
         return self
 
@@ -174,6 +187,8 @@ class ProxyServer:
         number, fd_passing = self.request("construct")
         info = InstanceInfo(number, bool(fd_passing))
         self.instances.append(info)
+        if self.exec_impl:  # the program starts here, so evidence has its process from now on
+            info.impl_master = int(self.request("impl_pid", inst=number))
         if upto != "constructed":
             self.create_socket(inst=number)
         if upto in ("channels", "serving") and info.fd_passing:
@@ -198,6 +213,20 @@ class ProxyServer:
         self.wait_events("ready", before + self.opts.workers)
 
     # Instance 0, the one most tests need, at attribute distance.
+    @property
+    def master_pid(self) -> int | None:
+        """The implementation's master: the harness's forked master, or an exec program's."""
+        if self.exec_impl and self.instances:
+            return self.instances[0].impl_master
+        return self._master_pid
+
+    def impl_pids(self, inst: int = 0) -> dict[str, Any]:
+        """The processes of instance ``inst`` that the evidence is read from:
+        ``{"master": pid, "workers": [pids]}`` (for an exec: implementation, the program's)."""
+        info = self.instances[inst]
+        master = info.impl_master if self.exec_impl else self._master_pid
+        return {"master": master, "workers": list(info.worker_pids)}
+
     @property
     def fd_passing(self) -> bool:
         return self.instances[0].fd_passing
@@ -255,6 +284,10 @@ class ProxyServer:
         """Run a master operation; re-raise its exception here, remote traceback attached."""
         if self._ctl is None:
             raise HarnessError("proxy_server: not started")
+        if self.exec_impl and op in PYTHON_ONLY_OPS:
+            import pytest
+
+            pytest.skip(PYTHON_ONLY_OPS[op])
         self._last = op
         send_msg(self._ctl, (op, args, kwargs))
         return self._receive(op, timeout)
@@ -266,20 +299,20 @@ class ProxyServer:
             status, value, tb = recv_msg(self._ctl, wait)
         except WireTimeout:
             raise HarnessError(
-                f"proxy_server: master pid {self.master_pid} did not finish {op!r} within "
+                f"proxy_server: master pid {self._master_pid} did not finish {op!r} within "
                 f"{wait}s (the implementation hangs in this step)"
             ) from None
         except WireClosed:
             self._reap_master(deadline=1.0)
             raise HarnessError(
-                f"proxy_server: master pid {self.master_pid} exited during {op!r} "
+                f"proxy_server: master pid {self._master_pid} exited during {op!r} "
                 f"(status {self._describe_status()}){self._crash_note()}"
             ) from None
         if status == "ok":
             return value
         if isinstance(value, BaseException):
             if hasattr(value, "add_note"):
-                value.add_note(f"raised in the server's master (pid {self.master_pid}):\n{tb}")
+                value.add_note(f"raised in the server's master (pid {self._master_pid}):\n{tb}")
             raise value
         raise RemoteError(f"{op}: {value}")
 
@@ -400,32 +433,34 @@ class ProxyServer:
 
     def _master_alive(self) -> bool:
         return (
-            self.master_pid is not None
+            self._master_pid is not None
             and self._master_status is None
-            and not _gone_or_zombie(self.master_pid)
+            and not _gone_or_zombie(self._master_pid)
         )
 
     def _reap_master(self, deadline: float) -> None:
-        if self.master_pid is None or self._master_status is not None:
+        if self._master_pid is None or self._master_status is not None:
             return
         end = time.monotonic() + deadline
         while True:
-            pid, status = os.waitpid(self.master_pid, os.WNOHANG)
+            pid, status = os.waitpid(self._master_pid, os.WNOHANG)
             if pid:
                 self._master_status = status
                 return
             if time.monotonic() > end:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.master_pid, signal.SIGKILL)
-                _, self._master_status = os.waitpid(self.master_pid, 0)
+                    os.killpg(self._master_pid, signal.SIGKILL)
+                _, self._master_status = os.waitpid(self._master_pid, 0)
                 return
             time.sleep(0.002)
 
     def _group_pids(self) -> list[int]:
         everyone = [p for info in self.instances for p in info.worker_pids]
         pids = [p for p in everyone if not _gone_or_zombie(p)]
-        if self.master_pid is not None and self._master_status is None:
-            pids.append(self.master_pid)
+        if self._master_pid is not None and self._master_status is None:
+            pids.append(self._master_pid)
+        impl = [i.impl_master for i in self.instances if i.impl_master is not None]
+        pids += [p for p in impl if not _gone_or_zombie(p)]
         return pids
 
     def _describe_status(self) -> str:

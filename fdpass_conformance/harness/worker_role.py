@@ -31,8 +31,16 @@ MAX_ACCEPT_ERRORS = 200
 HANDLER_TIMEOUT = 10.0
 
 
+class WorkerGone(Exception):
+    """Raised by ``accept`` of an out-of-process implementation (the exec adapter) when
+    the process that implements this worker is gone (killed): the worker ends quietly."""
+
+
 def describe_conn(conn: socket.socket) -> dict[str, Any]:
     fd = conn.fileno()
+    # An out-of-process implementation's socket (the exec adapter) says which of its
+    # processes received it and what the fd's flags are there.
+    impl_view = getattr(conn, "fdpass_describe", None)
     return {
         "pid": os.getpid(),
         "peer": list(conn.getpeername()),
@@ -40,6 +48,7 @@ def describe_conn(conn: socket.socket) -> dict[str, Any]:
         "cloexec": bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
         "nonblock": bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK),
         "fd": fd,
+        **(impl_view() if callable(impl_view) else {}),
     }
 
 
@@ -84,7 +93,9 @@ def run_worker(
     if setup is not None:
         setup(index)
     events.emit("ready")
-    filler = FdFiller()
+    # An out-of-process implementation fills the fd table of its own worker process.
+    make_filler = getattr(proxy, "fdpass_fd_filler", None)
+    filler = make_filler() if callable(make_filler) else FdFiller()
     errors = 0
     while True:
         try:
@@ -92,6 +103,9 @@ def run_worker(
         except EOFError:
             events.emit("eof")
             proxy.close()
+            return 0
+        except WorkerGone as exc:
+            events.emit("impl-gone", message=str(exc))
             return 0
         except OSError as exc:
             released = filler.release()
