@@ -70,8 +70,15 @@ class ConformancePlugin:
             config.args[:] = [str(Path(__file__).parent / "suites" / "collected.py")]
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        from .plugin import get_impls
+
         layers = "; ".join(f"{k}: {v}" for k, v in self.report.fault_layers.items())
+        impls = "; ".join(
+            f"{i.id}: {i.language}" + (f", adapter protocol {i.protocol}" if i.protocol else "")
+            for i in get_impls(config)
+        )
         return [
+            f"fdpass: implementations: {impls}",
             f"fdpass: IPC isolation: {self.report.isolation}",
             f"fdpass: fault layers: {layers}",
             "fdpass: levels: "

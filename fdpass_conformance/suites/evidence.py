@@ -11,9 +11,11 @@ from ..leaks.fds import FdInfo, fd_count, fd_inventory, summarize
 
 
 def processes(server: ProxyServer, inst: int = 0) -> dict[str, int]:
-    """name -> pid for the master and the live workers of instance ``inst``."""
-    out = {"master": server.master_pid or 0}
-    for i, pid in enumerate(server.instances[inst].worker_pids):
+    """name -> pid for the master and the live workers of instance ``inst``: the
+    implementation's own processes (an exec: implementation's are the program's)."""
+    pids = server.impl_pids(inst)
+    out = {"master": pids["master"] or 0}
+    for i, pid in enumerate(pids["workers"]):
         out[f"worker {i}"] = pid
     return out
 
