@@ -6,7 +6,9 @@
  * SCM_RIGHTS over an AF_UNIX SOCK_SEQPACKET socket pair; a private System V
  * message queue (msgget(IPC_PRIVATE, 0600)) carries "idle" tokens, so that a
  * worker waiting in accept() is preferred over a busy one. Every error keeps
- * the errno of the call that failed and names that call.
+ * the errno of the call that failed and names that call. A token's message type is
+ * the worker's index + 1, so a worker can take its own token back when it got a
+ * connection without one (round-robin) and is no longer idle.
  *
  *   cc -O2 -Wall -Werror -o masterproxy masterproxy.c
  *   pytest --fdpass-impl=exec:./masterproxy
@@ -40,7 +42,6 @@
 #define MAX_HELD 16
 #define MAX_LINE 65536
 #define MAX_FIELDS 16
-#define TOKEN_MTYPE 1
 
 #ifdef BROKEN_NO_CLOEXEC
 #define RECV_FLAGS 0
@@ -397,7 +398,7 @@ static int is_worker, my_index = -1, chan = -1, token_out;
 static int held[MAX_HELD], nheld; /* accepted fds the adapter has not released yet */
 
 struct token {
-    long mtype;
+    long mtype; /* worker index + 1 */
     int index;
 };
 
@@ -438,7 +439,7 @@ static int queue_gone(int err) { return err == EIDRM || err == EINVAL; }
 /* An idle token for worker i; 1 if it is in the queue. A full or vanished queue only
  * costs the preference, never the connection. */
 static int post_token(int i) {
-    struct token t = {TOKEN_MTYPE, i};
+    struct token t = {i + 1, i};
     if (qid < 0)
         return 0;
     for (;;) {
@@ -458,7 +459,7 @@ static int pick(const int *busy, int *via_token) {
     int deferred[MAX_WORKERS], ndeferred = 0, found = -1;
     *via_token = 0;
     while (qid >= 0) {
-        ssize_t n = msgrcv(qid, &t, sizeof t.index, TOKEN_MTYPE, IPC_NOWAIT);
+        ssize_t n = msgrcv(qid, &t, sizeof t.index, 0, IPC_NOWAIT); /* the oldest token */
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -466,6 +467,7 @@ static int pick(const int *busy, int *via_token) {
                 qid = -1;
             break; /* ENOMSG: nobody idle */
         }
+        t.index = (int)t.mtype - 1;
         if (t.index < 0 || t.index >= nworkers || dead[t.index])
             continue; /* a stale token of a dead worker */
         if (busy[t.index]) {
@@ -781,6 +783,7 @@ static void op_enter_worker(const struct request *rq) {
     wends[my_index] = -1;
     close_channels();
     close_listeners();
+    token_out = post_token(my_index); /* idle from now on */
     reply_ok("null");
 }
 
@@ -848,8 +851,16 @@ static void op_accept(void) {
         os_error(EBADMSG, "accept: expected 1 fd from the master");
         return;
     }
-    if (tag == 'T')
+    if (tag == 'T') {
         token_out = 0; /* the master used this worker's token */
+    } else if (token_out && qid >= 0) {
+        /* Sent round-robin: take our token back, we are busy now. If it is gone, the
+         * master took it meanwhile and a connection with it is on its way. */
+        struct token t;
+        while (msgrcv(qid, &t, sizeof t.index, my_index + 1, IPC_NOWAIT) < 0 && errno == EINTR)
+            ;
+        token_out = 0;
+    }
     held[nheld++] = fds[0];
     reply_fd(fds[0]);
 }

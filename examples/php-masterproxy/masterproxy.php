@@ -7,7 +7,9 @@
  * the queue is private (IPC_PRIVATE), 0600, kept and removed by its creator only;
  * the worker end of each socket pair stays open until the workers exist and then
  * leaves the master; every socket_sendmsg() result is checked; every error keeps
- * the errno of the call that failed and names that call.
+ * the errno of the call that failed and names that call. An idle token's message
+ * type is the worker's index + 1, so a worker that got a connection without its
+ * token (round-robin) can take the token back: it is busy now.
  *
  *   pytest --fdpass-impl="exec:php examples/php-masterproxy/masterproxy.php"
  *
@@ -16,7 +18,6 @@
 declare(strict_types=1);
 
 const PROTOCOL = 1;
-const TOKEN_MTYPE = 1;
 const MAX_LINE = 65536;
 if (!defined('QUEUE_MODE')) {
     define('QUEUE_MODE', 0600);
@@ -366,7 +367,7 @@ class MasterProxy
         while ($this->queue !== null) {
             $type = $errno = 0;
             $msg = '';
-            if (!@msg_receive($this->queue, TOKEN_MTYPE, $type, 16, $msg, false, MSG_IPC_NOWAIT, $errno)) {
+            if (!@msg_receive($this->queue, 0, $type, 16, $msg, false, MSG_IPC_NOWAIT, $errno)) {
                 if ($errno === SOCKET_EINTR) {
                     continue;
                 }
@@ -375,7 +376,7 @@ class MasterProxy
                 }
                 break; // ENOMSG: nobody is idle
             }
-            $i = (int)$msg;
+            $i = $type - 1;
             if (!isset($this->masterEnds[$i]) || isset($this->dead[$i])) {
                 continue; // a stale token of a dead worker
             }
@@ -408,7 +409,7 @@ class MasterProxy
     {
         while ($this->queue !== null) {
             $errno = 0;
-            if (@msg_send($this->queue, TOKEN_MTYPE, (string)$i, false, false, $errno)) {
+            if (@msg_send($this->queue, $i + 1, (string)$i, false, false, $errno)) {
                 return true;
             }
             if ($errno === SOCKET_EINTR) {
@@ -446,6 +447,7 @@ class MasterProxy
             }
         }
         $this->workerEnds = $this->masterEnds = $this->listeners = [];
+        $this->tokenOut = $this->postToken($index); // idle from now on
     }
 
     public function accept(Socket $ctl): array
@@ -506,6 +508,13 @@ class MasterProxy
         }
         if ($tag === 'T') {
             $this->tokenOut = false; // the master used this worker's token
+        } elseif ($this->tokenOut && $this->queue !== null) {
+            // Sent round-robin: take our token back, we are busy now. If it is gone, the
+            // master took it meanwhile and a connection with it is on its way.
+            $type = $errno = 0;
+            $msg = '';
+            @msg_receive($this->queue, $this->index + 1, $type, 16, $msg, false, MSG_IPC_NOWAIT, $errno);
+            $this->tokenOut = false;
         }
         $fd = new_fd($before);
         $this->held[$fd] = $fds[0];
