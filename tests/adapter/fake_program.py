@@ -1,6 +1,7 @@
 """A scripted program for the exec adapter's own tests: FAKE_MODE picks how it behaves.
 
-Modes: ok (a well-behaved shared-listener master), errors (create_socket(k) answers
+Modes: ok (a correct shared-listener proxy: workers inherit the listener and
+accept on it, like reference.ForkSharedProxy), errors (create_socket(k) answers
 with error reply k of ERRORS), garbage, hang, exit-on-3, no-fd, wrong-fd,
 garbage-hello, no-hello, protocol-2, no-caps, forks (says hello from a child).
 """
@@ -55,12 +56,53 @@ def requests(sock: socket.socket) -> Iterator[dict[str, Any]]:
         yield json.loads(line)
 
 
+def connect() -> socket.socket:
+    ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ctl.connect(os.environ["FDPASS_ADAPTER_SOCKET"])
+    return ctl
+
+
+def worker(index: int, listeners: dict[int, socket.socket]) -> int:
+    """A forked worker: its own connection, accept() on the inherited listener."""
+    ctl = connect()
+    send(ctl, {"hello": {"protocol": 1, "role": "worker", "index": index, "pid": os.getpid()}})
+    held: dict[int, socket.socket] = {}
+    for n, req in enumerate(requests(ctl)):
+        op = req["op"] if n else "hello-reply"
+        if op == "hello-reply":
+            continue
+        if op == "accept":
+            listener = listeners.get(req["listener"])
+            if listener is None:
+                send(ctl, {"ok": False, "error": "OSError", "errno": 9, "message": "accept: EBADF"})
+                continue
+            try:
+                conn, _ = listener.accept()
+            except OSError as exc:
+                error = {"error": "OSError", "errno": exc.errno, "message": f"accept: {exc}"}
+                send(ctl, {"ok": False, **error})
+                continue
+            held[conn.fileno()] = conn
+            send(ctl, {"ok": True, "result": {"fd": conn.fileno()}}, conn.fileno())
+        elif op == "release":
+            held.pop(req["fd"]).close()
+            send(ctl, {"ok": True, "result": None})
+        elif op == "close":
+            for sock in [*held.values(), *listeners.values()]:
+                sock.close()
+            send(ctl, {"ok": True, "result": None})
+        elif op == "is_supported":
+            send(ctl, {"ok": True, "result": True})
+        else:
+            send(ctl, {"ok": False, "error": "OSError", "errno": 22, "message": f"{op}: worker"})
+    return 0
+
+
 def main() -> int:
     if MODE == "forks" and os.fork():
         time.sleep(30)
         return 0
-    ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    ctl.connect(os.environ["FDPASS_ADAPTER_SOCKET"])
+    ctl = connect()
     if MODE == "no-hello":
         time.sleep(30)
         return 0
@@ -98,7 +140,19 @@ def main() -> int:
         if op == "is_supported":
             send(ctl, {"ok": True, "result": True})
         elif op == "create_socket":
-            lst = socket.create_server(("127.0.0.1", req["port"]))
+            port, protocol = req["port"], req.get("protocol", "tcp")
+            if not isinstance(port, int) or isinstance(port, bool):
+                send(ctl, {"ok": False, "error": "TypeError", "message": "port: not an int"})
+                continue
+            if not 0 <= port <= 65535 or protocol not in ("tcp", "http", "websocket"):
+                send(ctl, {"ok": False, "error": "ValueError", "message": "bad port/protocol"})
+                continue
+            try:
+                lst = socket.create_server(("127.0.0.1", port))
+            except OSError as exc:
+                message = f"create_socket: bind() or listen() failed: {exc.strerror}"
+                send(ctl, {"ok": False, "error": "OSError", "errno": exc.errno, "message": message})
+                continue
             listeners[lst.fileno()] = lst
             if MODE == "no-fd":
                 send(ctl, {"ok": True, "result": {"fd": lst.fileno()}})
@@ -109,6 +163,14 @@ def main() -> int:
         elif op == "release":
             listeners.pop(req["fd"]).close()
             send(ctl, {"ok": True, "result": None})
+        elif op == "fork_worker":
+            pid = os.fork()
+            if pid == 0:
+                ctl.close()  # the master's connection is the master's alone
+                os._exit(worker(req["index"], listeners))
+            send(ctl, {"ok": True, "result": {"pid": pid}})
+        elif op == "accept":
+            send(ctl, {"ok": False, "error": "OSError", "errno": 9, "message": "accept: EBADF"})
         elif op == "close":
             for lst in listeners.values():
                 lst.close()

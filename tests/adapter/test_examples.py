@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,19 @@ def test_a_program_dying_mid_run_is_one_clear_line(pytester: pytest.Pytester) ->
     ) in row, row
     assert failed(report) == {"SP-09"}
     assert_nothing_left(str(binary))
+
+
+def test_a_shared_listener_program_passes_sp(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adapter's worker path without fd passing: workers accept on the inherited listener."""
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    program = Path(__file__).with_name("fake_program.py")
+    impl = f"exec:{sys.executable} {program}"
+    result, report, _ = run_suites(pytester, impl, "--fdpass-only=SP")
+    assert failed(report) == set(), result.stdout.str()[-3000:]
+    assert result.ret == 0
+    assert_nothing_left(str(program))
 
 
 @needs_php
