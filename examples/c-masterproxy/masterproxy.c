@@ -874,6 +874,8 @@ static void op_release(const struct request *rq) {
         if (list[k] == fd->i) {
             close(list[k]);
             list[k] = list[--*count];
+            if (chan >= 0 && !nheld && !token_out) /* done with its connection: idle again */
+                token_out = post_token(my_index);
             reply_ok("null");
             return;
         }

@@ -534,6 +534,9 @@ class MasterProxy
         }
         socket_close($table[$fd]);
         unset($table[$fd]);
+        if ($this->chan !== null && !$this->held && !$this->tokenOut) {
+            $this->tokenOut = $this->postToken($this->index); // done with it: idle again
+        }
     }
 
     public function close(): void

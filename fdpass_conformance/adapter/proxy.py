@@ -17,18 +17,23 @@ a request executed by the program's process that the contract names:
 Sockets come back as real fds (SCM_RIGHTS), checked against
 ``/proc/PID/fd`` of the program; their close-on-exec and O_NONBLOCK flags are
 read from the program's own ``/proc/PID/fdinfo`` (``fdpass_describe``), not
-from our copy, whose flags are ours.
+from our copy, whose flags are ours. A connection stays held by the program
+worker that accepted it while the driver serves it on its behalf; closing our
+copy releases the program's, so the connection ends when the worker is done
+with it, and a driver ends as soon as its program worker does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shlex
 import shutil
 import socket
+import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +49,15 @@ class RemoteSocket(socket.socket):
 
     fdpass_pid: int = 0
     fdpass_fd: int = -1
-    fdpass_flags: dict[str, bool] | None = None  # frozen at receipt (a released connection)
+    fdpass_flags: dict[str, bool] | None = None  # frozen at receipt (a connection)
+    fdpass_release: Callable[[], None] | None = None  # run once when our copy is closed
+
+    def close(self) -> None:
+        """Close our copy, then have the program release its own (a served connection)."""
+        release, self.fdpass_release = self.fdpass_release, None
+        super().close()
+        if release is not None:
+            release()
 
     def fdpass_describe(self) -> dict[str, Any]:
         """pid, close-on-exec and O_NONBLOCK as the implementation's process has them."""
@@ -80,6 +93,7 @@ class _State:
     driver_pid: int | None = None  # this process drives ``link``
     link: WorkerLink | None = None
     closed: bool = False
+    closing: bool = False  # the driver is closing its link itself
 
     def terminate(self) -> None:
         """Stop the program if this process started it (finalizer; idempotent)."""
@@ -90,6 +104,25 @@ class _State:
         self.links.clear()
         launch, self.launch = self.launch, None
         launch.terminate()
+
+
+def _watch(link: WorkerLink, state: _State) -> None:
+    """End this driver as soon as its program worker ends (killed, crashed): the harness's
+    worker and the implementation's worker are one worker, and the connections the driver
+    serves on its behalf must end with it, as they would with any worker."""
+    fd = link.chan.fileno()
+
+    def run() -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLRDHUP)
+        while True:
+            events = poller.poll()
+            if state.closing or link.broken is not None:
+                return  # our own doing: the driver reports or ends by itself
+            if any(ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR) for _, ev in events):
+                os._exit(0)
+
+    threading.Thread(target=run, name=f"fdpass-watch-{link.index}", daemon=True).start()
 
 
 class ExecFactory:
@@ -185,7 +218,10 @@ class ExecProxy:
 
         def release(op: str, args: dict[str, Any], want_fd: bool = False) -> Any:
             assert link is not None
-            return link.call(op, args, want_fd, self._factory.deadline)
+            if link.broken is None and not self._state.closing:
+                with contextlib.suppress(WorkerGone):
+                    return self._on_link(link, op, args)
+            return None
 
         return self._adopt_conn(fd, int(result["fd"]), link.pid, release)
 
@@ -195,8 +231,9 @@ class ExecProxy:
         if link is not None:
             if not state.closed:
                 state.closed = True
-                with contextlib.suppress(ProgramError):  # a worker already gone released all
+                with contextlib.suppress(ProgramError, WorkerGone):  # gone: released all
                     link.call("close", {}, seconds=self._factory.deadline)
+                state.closing = True
                 link.chan.close()
             return
         if os.getpid() != state.owner or state.launch is None:
@@ -327,6 +364,7 @@ class ExecProxy:
             entry.sock.close()
         state.links = {}
         state.driver_pid, state.link = me, link
+        _watch(link, state)
         return link
 
     def _listener_arg(self, listener: object) -> int | None:
@@ -349,15 +387,24 @@ class ExecProxy:
         return entry.remote
 
     def _adopt_conn(self, fd: int, remote: int, pid: int, call: Any) -> socket.socket:
-        """Our copy of a connection the program accepted: flags read in the program, then its
-        copy released, so that the connection lives in exactly one process again."""
+        """Our copy of a connection the program accepted, its flags read in the program.
+
+        The program worker keeps holding the connection (its fd table shows it,
+        as a worker serving it would) until our copy is closed: then its copy is
+        released too, and the client sees the end of the connection.
+        """
+        sock = _adopt(fd, pid, remote, fd_flags(pid, remote))
+        sock.fdpass_release = lambda: call("release", {"fd": remote})
+        return sock
+
+    def _on_link(self, link: WorkerLink, op: str, args: dict[str, Any]) -> Any:
+        """A request to the program worker this process drives; WorkerGone once it is gone."""
         try:
-            flags = fd_flags(pid, remote)
-            call("release", {"fd": remote})
-        except BaseException:
-            os.close(fd)
+            return link.call(op, args, seconds=self._factory.deadline)
+        except ProgramError:
+            if link.broken is not None and "ended during" in link.broken:
+                raise WorkerGone(f"{link.who} {link.broken}") from None
             raise
-        return _adopt(fd, pid, remote, flags)
 
 
 class ExecFdPassingProxy(ExecProxy):
