@@ -14,10 +14,18 @@ from .test_flt import FaultSuite
 from .test_fp import FdPassingSuite
 from .test_ipc import IpcSuite
 from .test_sp import SocketProxySuite
+from .test_stateful import StatefulSuite
 
 
-class ContractSuite(SocketProxySuite, FdPassingSuite, IpcSuite, FaultSuite):
+class ContractSuite(SocketProxySuite, FdPassingSuite, IpcSuite, FaultSuite, StatefulSuite):
     """Every requirement of the contract, against ``factory``."""
 
 
-__all__ = ["ContractSuite", "FaultSuite", "FdPassingSuite", "IpcSuite", "SocketProxySuite"]
+__all__ = [
+    "ContractSuite",
+    "FaultSuite",
+    "FdPassingSuite",
+    "IpcSuite",
+    "SocketProxySuite",
+    "StatefulSuite",
+]
