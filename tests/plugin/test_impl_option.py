@@ -57,7 +57,7 @@ BAD = [
         "missing method close()",
     ),
     ("impls:CloseRaises", "close() of a fresh CloseRaises() raised RuntimeError: cannot close"),
-    ("exec:./server --port 0", "exec: implementations are not supported yet"),
+    ("exec:./server --port 0", "exec: './server' not found"),
 ]
 
 
