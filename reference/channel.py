@@ -46,8 +46,9 @@ _RECV_FLAGS = _CMSG_CLOEXEC
 _RECV_FLAGS_NOWAIT = _CMSG_CLOEXEC | socket.MSG_DONTWAIT
 
 #: Tag byte of an fd message: 0x40 plus these bits.
-#: TCP/IPv4: the worker builds its socket object without asking the kernel (getsockname
-#: and two getsockopt calls per connection) for what the master knew from its listener.
+#: TCP/IPv4: the worker builds its socket object without asking the kernel (two getsockopt
+#: calls per connection, SO_TYPE and SO_PROTOCOL) for what the master knew from its
+#: listener. (CPython still calls getsockname once, to check that the fd is a socket.)
 TAG_INET = 0x01
 #: Wake request: the master sends this worker nothing more until the worker, back in
 #: ``accept`` with nothing left to do, writes ``WAKE`` on its channel (backpressure).

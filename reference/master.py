@@ -98,7 +98,9 @@ class MasterProxy:
     nothing within its timeout (waiting connections stay waiting), and
     ``NoLiveWorkerError`` after closing every waiting connection if no worker
     is alive. ``close()`` closes the waiting connections (their clients see
-    EOF).
+    EOF). Waiting connections move only inside ``dispatch``: call it again
+    while ``pending`` is non-zero, even if the listener is not readable (a
+    plain ``while True: dispatch(listener, timeout)`` loop does).
     """
 
     def __init__(

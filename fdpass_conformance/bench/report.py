@@ -153,24 +153,33 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     med = [r["connections_per_s"]["median"] for r in report["results"]]
     lo = [m - r["connections_per_s"]["min"] for m, r in zip(med, report["results"], strict=True)]
     hi = [r["connections_per_s"]["max"] - m for m, r in zip(med, report["results"], strict=True)]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.4))
     ax1.bar(names, med, yerr=[lo, hi], capsize=4, color="#4c72b0")
     ax1.set_title("connections per second (median, min..max)")
-    ax1.tick_params(axis="x", labelrotation=15)
     lat_names = [*names, "send_fds floor"]
-    p50 = [r["latency_us"]["p50"] for r in report["results"]] + [
-        report["floor"]["latency_us"]["p50"]
-    ]
-    p99 = [r["latency_us"]["p99"] for r in report["results"]] + [
-        report["floor"]["latency_us"]["p99"]
-    ]
-    xs = range(len(lat_names))
-    ax2.bar([x - 0.2 for x in xs], p50, width=0.4, label="p50", color="#55a868")
-    ax2.bar([x + 0.2 for x in xs], p99, width=0.4, label="p99", color="#c44e52")
-    ax2.set_xticks(list(xs), lat_names, rotation=15)
-    ax2.set_ylabel("microseconds")
-    ax2.set_title("dispatch latency: connect() until the worker holds the fd")
+    lats = [r["latency_us"] for r in report["results"]] + [report["floor"]["latency_us"]]
+    xs = list(range(len(lat_names)))
+    ax2.bar([x - 0.2 for x in xs], [lat["p50"] for lat in lats], width=0.4, label="p50")
+    ax2.bar([x + 0.2 for x in xs], [lat["p99"] for lat in lats], width=0.4, label="p99")
+    ax2.set_xticks(xs, lat_names)
+    ax2.set_yscale("log")  # p99 on a busy machine is often 100x p50
+    ax2.set_ylabel("microseconds (log)")
+    ax2.set_title("connect() until the worker holds the fd")
     ax2.legend()
+    fd = [r for r in report["results"] if r["fd_passing"]]
+    cpu_names = [*(r["name"] for r in fd), "send_fds floor"]
+    floor_cpu = report["floor"]["sender_cpu_us_per_fd"]
+    closed = [r["master_cpu_us_per_conn"] for r in fd] + [floor_cpu]
+    burst = [r["burst_master_cpu_us_per_conn"] for r in fd] + [floor_cpu]
+    xs = list(range(len(cpu_names)))
+    ax3.bar([x - 0.2 for x in xs], [v or 0.0 for v in closed], width=0.4, label="closed loop")
+    ax3.bar([x + 0.2 for x in xs], [v or 0.0 for v in burst], width=0.4, label="burst")
+    ax3.set_xticks(xs, cpu_names)
+    ax3.set_ylabel("microseconds of master CPU per connection")
+    ax3.set_title("master CPU per connection")
+    ax3.legend()
+    for ax in (ax1, ax2, ax3):
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     cfg = report["config"]
     fig.suptitle(f"fdpass-bench: {cfg['workers']} workers, {cfg['reps']} interleaved reps")
     fig.tight_layout()
