@@ -18,6 +18,8 @@ docs/troubleshooting.md for what is skipped otherwise.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import nox
@@ -30,6 +32,29 @@ if hasattr(nox.options, "download_python"):
 
 ROOT = Path(__file__).resolve().parent
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+
+
+def _pyenv_pythons_on_path() -> None:
+    """Put pyenv's installed CPythons on PATH ahead of its shims.
+
+    A shim runs only the versions selected with ``pyenv global``/``local``;
+    the real binaries under ``$PYENV_ROOT/versions/X.Y.Z/bin`` let nox find
+    every installed version. Nothing changes where pyenv is absent (CI).
+    """
+    versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found: dict[str, tuple[tuple[int, ...], Path]] = {}
+    for path in versions.glob("*/bin") if versions.is_dir() else ():
+        match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", path.parent.name)
+        if match and f"{match[1]}.{match[2]}" in PYTHONS:
+            key, patch = f"{match[1]}.{match[2]}", tuple(int(g) for g in match.groups())
+            if key not in found or patch > found[key][0]:
+                found[key] = (patch, path)
+    if found:
+        dirs = [str(path) for _, path in sorted(found.values())]
+        os.environ["PATH"] = os.pathsep.join([*dirs, os.environ.get("PATH", "")])
+
+
+_pyenv_pythons_on_path()
 REFERENCES = ["MasterProxy", "ForkSharedProxy", "ReusePortProxy"]
 REPORTS = ROOT / "reports"
 EXAMPLE = ROOT / "examples" / "downstream"
@@ -144,8 +169,13 @@ def coverage(session: nox.Session) -> None:
     session.run("coverage", "erase", env=env)
     session.run("coverage", "run", "-m", "pytest", "-n", "2", *session.posargs, env=env)
     session.run("coverage", "combine", "--quiet", env=env)
-    session.run("coverage", "html", "--quiet", env=env)
-    session.run("coverage", "report", env=env)
+    torn = sorted(ROOT.glob(".coverage.*"))  # left by combine: unreadable, written while killed
+    for path in torn:
+        path.unlink()
+    if torn:
+        session.log(f"dropped {len(torn)} data files of processes killed while saving them")
+    session.run("coverage", "html", "--quiet", "--fail-under=0", env=env)  # htmlcov/, always
+    session.run("coverage", "report", env=env)  # the gate: fail_under
 
 
 @nox.session

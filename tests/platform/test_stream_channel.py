@@ -15,7 +15,7 @@ import pytest
 
 from fdpass_conformance.fixtures.server import ProxyServerFactory
 from fdpass_conformance.harness.server import ProxyServer, read_reply
-from fdpass_conformance.suites import FdPassingSuite
+from fdpass_conformance.suites import FaultSuite, FdPassingSuite
 from reference import MasterProxy, channel
 
 pytestmark = [
@@ -102,7 +102,7 @@ def test_stream_channel_serves_end_to_end(proxy_server: ProxyServerFactory) -> N
 
 
 @pytest.mark.usefixtures("stream_channel")
-class TestFdPassingSuiteOverStream(FdPassingSuite):
-    """MOCK of macOS's SOCK_STREAM channel: every FP requirement, real forks and fds."""
+class TestFdPassingSuitesOverStream(FdPassingSuite, FaultSuite):
+    """MOCK of macOS's SOCK_STREAM channel: every FP and FLT test, real forks and fds."""
 
     factory = MasterProxy
