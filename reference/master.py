@@ -458,16 +458,18 @@ class MasterProxy:
                 index = self._pick_free(busy)
                 if index is None:
                     break
-                fd = self._pending[0]
+                fd = self._pending.popleft()
+                retry = False
                 try:
-                    sent = self._send(index, fd, inet_tcp, busy)
-                except OSError:
-                    os.close(self._pending.popleft())  # as unbounded: closed, never stranded
-                    raise
-                if sent:
-                    self._pending.popleft()
-                    os.close(fd)
-                    return index
+                    if self._send(index, fd, inet_tcp, busy):
+                        return index
+                    retry = True  # that worker is dead or its channel full: choose again
+                finally:
+                    # Handed over, or failed (as unbounded: closed, never stranded nor sent twice).
+                    if retry:
+                        self._pending.appendleft(fd)
+                    else:
+                        os.close(fd)
             if self._pending and len(self._dead) == len(self._master_ends):
                 self._close_pending()
                 raise self._no_live_worker()
