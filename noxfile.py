@@ -157,10 +157,11 @@ def coverage(session: nox.Session) -> None:
     """Coverage of every process: pytest, xdist workers, forked masters and workers.
 
     The configuration is pyproject.toml's [tool.coverage.*]: ``patch =
-    ["subprocess", "fork", "_exit"]`` makes xdist workers and inner pytest
-    runs measure themselves, resets the data of forked children and saves it
-    before their ``os._exit``. ``COVERAGE_FILE`` is absolute so that
-    processes started in temporary directories write where ``combine`` looks.
+    ["subprocess", "_exit"]`` makes xdist workers and inner pytest runs
+    measure themselves, and forked children save their data before
+    ``os._exit`` (coverage gives each forked pid its own data file by
+    itself). ``COVERAGE_FILE`` is absolute so that processes started in
+    temporary directories write where ``combine`` looks.
     """
     if not _has_coverage_config():
         session.error("pyproject.toml has no [tool.coverage.run] section (see docs/development.md)")
