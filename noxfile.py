@@ -59,7 +59,7 @@ REFERENCES = ["MasterProxy", "ForkSharedProxy", "ReusePortProxy"]
 REPORTS = ROOT / "reports"
 EXAMPLE = ROOT / "examples" / "downstream"
 #: What the ``docs`` extra installs; used as is while pyproject.toml has no such extra.
-DOCS_REQUIREMENTS = ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"]
+DOCS_REQUIREMENTS = ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.29"]
 
 
 def _pyproject() -> dict[str, object]:
