@@ -19,6 +19,7 @@ from .catalogue import BY_ID
 from .harness.isolation import isolation_mode
 from .report import files
 from .report.model import Report, RequirementResult, TestOutcome
+from .suites.base import SUITE_TIMEOUT
 
 SHOULD_REASON = "SHOULD-level requirement: reported, fails the run only with --fdpass-strict"
 
@@ -102,7 +103,8 @@ class ConformancePlugin:
                 continue
             item.user_properties += [("requirement", i) for i in ids]
             item.user_properties.append(("fdpass_impl", _impl_id(item)))
-            if timeouts and item.get_closest_marker("timeout") is None:
+            marker = item.get_closest_marker("timeout")
+            if timeouts and (marker is None or marker.args == (SUITE_TIMEOUT,)):
                 item.add_marker(pytest.mark.timeout(self.timeout))
             keep.append(item)
         if dropped:

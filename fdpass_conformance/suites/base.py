@@ -22,11 +22,18 @@ class StartServer(Protocol):
     def __call__(self, *, upto: str = ..., **options: Any) -> ProxyServer: ...
 
 
+#: Deadline of every suite test that sets none, also outside the plugin's run
+#: (a ContractSuite subclass); the plugin replaces it with the ini fdpass_timeout.
+SUITE_TIMEOUT = 60.0
+
+
 def requirement_ids(item: pytest.Item) -> list[str]:
     return [str(a) for m in item.iter_markers("requirement") for a in m.args]
 
 
 class SuiteBase:
+    pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.timeout(SUITE_TIMEOUT)]
+
     #: The implementation's zero-argument factory; subclasses set it.
     factory: ClassVar[Callable[[], object] | None] = None
 
