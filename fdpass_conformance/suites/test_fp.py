@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 
+import psutil
 import pytest
 
 from ..harness.master_role import LISTENER
@@ -19,6 +21,23 @@ CLEAR_ERRORS = (RuntimeError, OSError, ValueError)
 def _sigpipe_default() -> None:
     """Like a C or PHP master: SIGPIPE kills unless every send uses MSG_NOSIGNAL."""
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
+def _wait_blocked(pids: list[int], timeout: float = 2.0) -> None:
+    """Give ``pids`` up to ``timeout`` seconds to block (sleep) again, e.g. back in ``accept``.
+
+    FP-12 asks that new connections go to workers *already waiting* in
+    ``accept``; a worker that has just closed its previous connection is not
+    yet waiting, and on a loaded machine the next connection may arrive
+    before it is. Not an assertion: a worker that never blocks is simply not
+    waited for.
+    """
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(pid)
+            while proc.status() != psutil.STATUS_SLEEPING and time.monotonic() < deadline:
+                time.sleep(0.002)
 
 
 def _manual(srv: ProxyServer) -> ProxyServer:
@@ -159,7 +178,9 @@ class FdPassingSuite(SuiteBase):
         busy, held = srv.hold()
         try:
             assert held.index is not None, f"the held connection was not served ({held.end})"
+            idle = [pid for i, pid in enumerate(srv.worker_pids) if i != held.index]
             for n in range(6):
+                _wait_blocked(idle)
                 reply = srv.request_reply(timeout=2.0)
                 assert reply.answered, f"request {n} went to the busy worker {held.index}"
                 assert reply.index != held.index

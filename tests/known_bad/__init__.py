@@ -1,0 +1,30 @@
+"""The known-bad corpus: proxies with one deliberate defect each, and what must catch it.
+
+Every public module here (a name without a leading underscore) holds one
+broken proxy, derived from a reference proxy (``reference/``) by subclassing
+or wrapping it, and describes itself with module-level metadata that
+``tests/test_known_bad.py`` reads:
+
+``BREAKS``
+    ``frozenset`` of requirement IDs that the run must report as failed
+    (``fail``, or ``warn`` for a SHOULD requirement). Any other requirement
+    that fails is a spurious failure, so a defect that legitimately breaks a
+    second requirement lists it here too, with the reason in the docstring.
+``MAY_BREAK`` (optional)
+    IDs that may fail or pass, because the defect only shows when a race
+    goes one way; each needs its reason in the module docstring.
+``IMPL`` (optional)
+    The name of the zero-argument factory for ``--fdpass-impl=MODULE:IMPL``;
+    without it, the one class the module defines whose name ends in ``Proxy``.
+``REJECTED`` (optional)
+    For a proxy that ``--fdpass-impl`` refuses at configure time (exit code 4):
+    the text the one-line error must contain. Such modules are run on their
+    own, never together with the others, since they stop the whole session.
+``SEED`` (optional)
+    The finding of the seed review (``/work/shared/seed/forklift-masterproxy-pr64.txt``)
+    that the defect reproduces.
+
+The modules are imported by the corpus test only to read this metadata; the
+proxies are constructed by the inner pytest run, inside the harness, which
+runs each server in its own IPC namespace and removes whatever it leaves.
+"""

@@ -1,0 +1,29 @@
+"""Defect: the master's ``close()`` forgets the channels.
+
+Listeners and queue are released, the master ends of the channels are not.
+Breaks FP-11 (workers blocked in ``accept`` never get ``EOFError``) and
+SP-12 (``close()`` does not release every fd the proxy created).
+
+FLT-05 fails as well: its teardown invariant requires every worker to leave
+on its own after the master's ``close()``.
+"""
+
+from __future__ import annotations
+
+from ._master import PinnedMasterProxy
+
+BREAKS = frozenset({"SP-12", "FP-11", "FLT-05"})
+
+
+class ChannelsKeptProxy(PinnedMasterProxy):
+    def close(self) -> None:
+        for sock in (*self._listeners, self._chan):
+            if sock is not None:
+                sock.close()
+        self._listeners = []
+        self._chan = None
+        if self._queue is not None:
+            self._queue.remove()
+            self._queue = None
+        self._queue_alive = False
+        # The defect: self._master_ends (and any unsealed worker ends) stay open.

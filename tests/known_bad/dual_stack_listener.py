@@ -1,0 +1,53 @@
+"""Defect: the listener is a dual-stack IPv6 socket on ``::`` instead of AF_INET.
+
+Breaks SP-03 (the listener is not ``AF_INET``), and because every connection
+then arrives with IPv4-mapped addresses (``::ffff:127.0.0.1``), SP-09 (the
+worker's peer address is not the client's) and FP-02 (the worker's local and
+peer addresses differ from the connection the client made).
+
+FLT-05 fails as well: its "answers-match-clients" invariant compares the
+worker's peer address with the client's.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from fdpass_conformance.contract import ProtocolType
+from fdpass_conformance.sysv import MessageQueue
+from reference.listener import BACKLOG, validate_port, validate_protocol
+
+from ._master import PinnedMasterProxy
+
+BREAKS = frozenset({"SP-03", "SP-09", "FP-02", "FLT-05"})
+
+
+class DualStackProxy(PinnedMasterProxy):
+    def create_socket(
+        self, port: int, protocol: ProtocolType | str = ProtocolType.TCP
+    ) -> socket.socket:
+        port = validate_port(port)
+        self.protocol = validate_protocol(protocol)
+        self._require_master("create_socket")
+        # The defect: "serve IPv6 too" with one AF_INET6 socket on the wildcard.
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        step = "setsockopt"
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            step = f"bind([::]:{port})"
+            sock.bind(("::", port))
+            step = "listen()"
+            sock.listen(BACKLOG)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"create_socket: {step} failed: {exc.strerror}") from exc
+        if self._queue is None:
+            try:
+                self._queue = MessageQueue(mode=0o600)
+            except OSError as exc:
+                sock.close()
+                raise OSError(exc.errno, f"create_socket: msgget: {exc.strerror}") from exc
+            self._queue_alive = True
+        self._listeners.append(sock)
+        return sock

@@ -1,0 +1,26 @@
+"""Defect: the master never drops its copies of the worker ends.
+
+Seed round 1 #1: ``$streams[1]`` from ``stream_socket_pair`` was never stored or
+closed. Breaks FP-06 (after the first dispatch the master still holds every
+worker-side end). Because the master keeps the peer of each channel open, a
+dead worker's channel never reports EPIPE and silently absorbs the
+descriptors sent to it, exactly the failure FP-06 exists to prevent, so
+FP-07 (connections after a worker's death are lost instead of reaching the
+survivors), FP-08 (the connection sent to the dead worker is lost) and FP-09
+(with every worker dead, dispatch "succeeds" and the client hangs) fail too.
+
+FLT-05 fails as well ("dispatch-outcome": after a worker is killed, dispatch
+returns the dead worker's index).
+"""
+
+from __future__ import annotations
+
+from ._master import PinnedMasterProxy
+
+BREAKS = frozenset({"FP-06", "FP-07", "FP-08", "FP-09", "FLT-05"})
+SEED = "round 1 #1: $streams[1] from stream_socket_pair leaked, never stored or closed"
+
+
+class LeakedWorkerEndProxy(PinnedMasterProxy):
+    def _seal(self) -> None:
+        self._sealed = True  # the defect: the worker ends stay open in the master

@@ -1,0 +1,25 @@
+"""Defect: the master never gives up on a queue that was removed under it.
+
+When taking an idle token fails with EIDRM/EINVAL, the master takes it for
+"the queue is being recreated" and tries again every 10 ms, forever. Breaks
+IPC-07: after ``ipcrm`` of the queue, ``dispatch`` never returns.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ._master import PinnedMasterProxy
+
+BREAKS = frozenset({"IPC-07"})
+
+
+class QueueRetryProxy(PinnedMasterProxy):
+    def _pick_token(self, busy: set[int], deferred: list[int]) -> tuple[int, bool] | None:
+        while True:
+            picked = super()._pick_token(busy, deferred)
+            if self._queue_alive or self._queue is None:
+                return picked
+            # The reference found the queue gone and fell back to round-robin.
+            self._queue_alive = True  # the defect: "it will be back"
+            time.sleep(0.01)

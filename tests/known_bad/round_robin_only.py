@@ -1,0 +1,16 @@
+"""Defect: blind round-robin; the idle tokens on the queue are never read.
+
+Breaks FP-12 (SHOULD, a warning): a worker busy with an open connection still
+gets every W-th new connection, whose client waits behind it.
+"""
+
+from __future__ import annotations
+
+from ._master import PinnedMasterProxy
+
+BREAKS = frozenset({"FP-12"})
+
+
+class RoundRobinProxy(PinnedMasterProxy):
+    def _pick(self, busy: set[int]) -> tuple[int | None, bool]:
+        return self._pick_round_robin(busy)  # the defect: no look at the idle tokens

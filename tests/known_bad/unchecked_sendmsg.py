@@ -1,0 +1,27 @@
+"""Defect: the result of ``sendmsg`` is never checked (PHP's ``@socket_sendmsg``).
+
+Seed round 1 #3, round 2 #4, round 3 #4: a failed send is swallowed and the
+index is returned as if the worker had the connection. Breaks FLT-01 (a failing
+sendmsg is swallowed), FP-08 (the connection sent to a dead worker is lost)
+and FP-09 (with no live worker, dispatch returns instead of raising).
+
+FP-07 fails as well (after a worker is killed, the connections dispatched to
+its dead channel are lost instead of reaching the survivors), and FLT-05
+("no-lost-connections").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+from ._master import PinnedMasterProxy
+
+BREAKS = frozenset({"FP-07", "FP-08", "FP-09", "FLT-01", "FLT-05"})
+SEED = "round 1 #3, round 2 #4, round 3 #4: @socket_sendmsg, result never checked"
+
+
+class UncheckedSendProxy(PinnedMasterProxy):
+    def _send_fd(self, chan: socket.socket, fd: int, tag: bytes) -> None:
+        with contextlib.suppress(OSError):  # the defect: "@" for macOS compatibility
+            super()._send_fd(chan, fd, tag)
