@@ -186,3 +186,10 @@ def bench(session: nox.Session) -> None:
         session.skip("fdpass_conformance.bench does not exist yet in this checkout")
     session.install("-e", ".[dev]")
     session.run("python", "-m", "fdpass_conformance.bench", *session.posargs)
+
+
+@nox.session
+def corpus(session: nox.Session) -> None:
+    """Every suite against the known-bad corpus: each defect caught, nothing else blamed."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-q", "tests/test_known_bad.py", env={"FDPASS_CORPUS": "1"})
