@@ -9,15 +9,21 @@ FP-07 (connections after a worker's death are lost instead of reaching the
 survivors), FP-08 (the connection sent to the dead worker is lost) and FP-09
 (with every worker dead, dispatch "succeeds" and the client hangs) fail too.
 
-IPC-10 (a worker exit loses connections) and FLT-05 fail as well ("dispatch-outcome": after a worker is killed, dispatch
+FLT-05 fails as well ("dispatch-outcome": after a worker is killed, dispatch
 returns the dead worker's index).
+
+May break IPC-10 (``MAY_BREAK``): after two workers exited, a connection that
+falls back to round-robin (no idle token posted yet) can go to an exited
+worker's channel, which the master still keeps open, and be lost; whether one
+does is a race (it failed in some corpus runs and passed in others).
 """
 
 from __future__ import annotations
 
 from ._master import PinnedMasterProxy
 
-BREAKS = frozenset({"FP-06", "FP-07", "FP-08", "FP-09", "IPC-10", "FLT-05"})
+BREAKS = frozenset({"FP-06", "FP-07", "FP-08", "FP-09", "FLT-05"})
+MAY_BREAK = frozenset({"IPC-10"})
 SEED = "round 1 #1: $streams[1] from stream_socket_pair leaked, never stored or closed"
 
 
