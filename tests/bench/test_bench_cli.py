@@ -235,7 +235,9 @@ def test_breakdown_runs_a_tiny_configuration(capsys: pytest.CaptureFixture[str])
     assert breakdown.main(["--connections", "5", "--reps", "1", "--workers", "1"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     numbers = [float(x) for x in out[-1].replace("|", " ").split()]
-    assert len(numbers) == 7 and all(v > 0 for v in numbers), out
+    # Stage differences (e.g. "worker" minus "master") can be negative on a
+    # handful of noisy samples; only their presence and finiteness are checked.
+    assert len(numbers) == 7 and all(math.isfinite(v) for v in numbers), out
     assert psutil.Process().children(recursive=True) == []
 
 
