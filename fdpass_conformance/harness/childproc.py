@@ -24,19 +24,40 @@ _libc = ctypes.CDLL(None, use_errno=True) if _IS_LINUX else None
 CRASHED = 70
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL us when the parent dies (Linux); no-op elsewhere."""
+def die_with_parent(parent_pid: int, status: int = CRASHED) -> None:
+    """PR_SET_PDEATHSIG (Linux), then exit with ``status`` if the parent already died."""
     if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        zero = ctypes.c_ulong(0)
+        if _libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), zero, zero, zero):
+            code = ctypes.get_errno()
+            raise OSError(code, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(code)}")
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(CRASHED)
+        os._exit(status)
 
 
 def reset_signals() -> None:
-    """Default dispositions, except SIGPIPE ignored as in any Python process."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    """Back to a fresh interpreter's handlers: pytest's and the test's Python
+    handlers (SIGALRM of pytest-timeout, SIGTERM, ...) mean nothing in the child.
+
+    Ignored signals stay ignored: Python itself starts with SIGPIPE ignored, and
+    the contract is judged against that.
+    """
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            handler = signal.getsignal(sig)
+            if sig == signal.SIGINT:
+                if handler is not signal.default_int_handler:
+                    signal.signal(sig, signal.default_int_handler)
+            elif callable(handler):
+                signal.signal(sig, signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
 
 
 def fork_child(body: Callable[[], int], *, new_group: bool = False) -> int:

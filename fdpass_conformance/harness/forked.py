@@ -12,7 +12,6 @@ harness of the server under test uses the same primitive.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import pickle
@@ -26,6 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, NoReturn, Protocol
+
+from fdpass_conformance.harness.childproc import die_with_parent, reset_signals
 
 #: Default seconds that ``close`` lets children finish on their own before SIGKILL.
 CLOSE_GRACE = 1.0
@@ -294,46 +295,8 @@ def _become_worker(parent: int) -> None:
             os.close(fd)
     _OPEN_RESULT_FDS.clear()
     os.setpgid(0, 0)
-    _die_with_parent(parent)
-    _reset_signals()
-
-
-def _die_with_parent(parent: int) -> None:
-    """PR_SET_PDEATHSIG, then make sure the parent did not die before it took effect."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    zero = ctypes.c_ulong(0)
-    if libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), zero, zero, zero) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(code)}")
-    if os.getppid() != parent:
-        os._exit(EXIT_UNREPORTED)
-
-
-def _reset_signals() -> None:
-    """Back to a fresh interpreter's handlers: pytest's and the test's Python
-    handlers (SIGALRM of pytest-timeout, SIGTERM, ...) mean nothing in the child.
-
-    Ignored signals stay ignored: Python itself starts with SIGPIPE ignored, and
-    the contract is judged against that.
-    """
-    with contextlib.suppress(ValueError, OSError):
-        signal.set_wakeup_fd(-1)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            handler = signal.getsignal(sig)
-            if sig == signal.SIGINT:
-                if handler is not signal.default_int_handler:
-                    signal.signal(sig, signal.default_int_handler)
-            elif callable(handler):
-                signal.signal(sig, signal.SIG_DFL)
-        except (ValueError, OSError):
-            pass
+    die_with_parent(parent, EXIT_UNREPORTED)
+    reset_signals()
 
 
 def _frame(outcome: Outcome, payload: object) -> tuple[Outcome, bytes]:
