@@ -4,7 +4,10 @@ The master's control channel is busy while it dispatches and a worker has
 none, so both report what happened (a connection served, accept failing,
 EOF) as JSON lines on a shared pipe. Each line is far below PIPE_BUF, hence
 atomic; the write end is non-blocking so a slow reader can never stall a
-worker: an event that doesn't fit is counted as dropped, not waited for.
+worker: an error event that doesn't fit is counted as dropped, not waited for.
+Every other event (ready, served, eof, exit, ...) is what the controller waits
+on, so it waits for room, up to ``LIFECYCLE_WAIT`` seconds: a worker flooding
+accept errors must not cost another worker its "ready".
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ class Event:
     at: float = 0.0
 
 
+#: Events that may be dropped when the pipe is full: repeated error reports.
+LOSSY = frozenset({"serve-error", "select-error", "close-error"})
+#: Seconds any other event waits for room in a full pipe before it is dropped.
+LIFECYCLE_WAIT = 5.0
+
+
 class EventWriter:
     def __init__(self, fd: int, role: str, index: int) -> None:
         self.fd, self.role, self.index = fd, role, index
@@ -48,12 +57,27 @@ class EventWriter:
         )
         data = (line[:3800] + "\n").encode()
         try:
-            os.write(self.fd, data)
+            self._write(data, 0.0 if kind in LOSSY else LIFECYCLE_WAIT)
         except BlockingIOError:
             self.dropped += 1
         except OSError as exc:
             if exc.errno not in (errno.EPIPE, errno.EBADF):
                 raise
+
+    def _write(self, data: bytes, wait: float) -> None:
+        """One atomic write; waits up to ``wait`` s for the reader to make room."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                os.write(self.fd, data)
+                return
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                poller = select.poll()  # not select(): a filled fd table has fds >= 1024
+                poller.register(self.fd, select.POLLOUT)
+                poller.poll(int(min(left, 0.1) * 1000) + 1)
 
 
 class EventReader:

@@ -107,6 +107,20 @@ def _describe(value: object) -> object:
     return describe_socket(value) if isinstance(value, socket.socket) else value
 
 
+#: Seconds an auto-dispatch of waiting (``pending``) connections may wait for a free
+#: worker: short, so that control requests are answered meanwhile.
+PENDING_DISPATCH_TIMEOUT = 0.05
+
+
+def _pending(instance: Instance) -> bool:
+    """Whether the proxy says it holds accepted connections not yet handed out."""
+    try:
+        value = getattr(instance.proxy, "pending", 0)
+    except Exception:  # a broken property is not the harness's business
+        return False
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 class Master:
     def __init__(self, cfg: MasterConfig, ctl: socket.socket) -> None:
         self.cfg = cfg
@@ -146,6 +160,17 @@ class Master:
         listener = instance.listeners[-1]
         listener.close()
         return _describe(instance.proxy.accept(listener))
+
+    def op_dispatch_closed_listener(self, timeout: float, inst: int = 0) -> int:
+        """``dispatch`` on a listener this process has closed (SP-14, fd-passing proxies).
+
+        An fd-passing proxy's master owns the listener and accepts only inside
+        ``dispatch``; calling its ``accept`` directly would be FP-15's out-of-order call.
+        """
+        instance = self.instances[inst]
+        listener = instance.listeners[-1]
+        listener.close()
+        return int(instance.proxy.dispatch(listener, timeout=timeout))
 
     def op_fork_workers(self, n: int, inst: int = 0) -> list[int]:
         instance = self.instances[inst]
@@ -341,9 +366,9 @@ class Master:
             while self._live_workers() and time.monotonic() < end:
                 time.sleep(0.005)  # polling waitpid with a deadline; there is no timed wait
 
-    def _auto_dispatch(self, inst: int) -> None:
+    def _auto_dispatch(self, inst: int, timeout: float | None = None) -> None:
         try:
-            self.op_dispatch(self.cfg.dispatch_timeout, inst)
+            self.op_dispatch(self.cfg.dispatch_timeout if timeout is None else timeout, inst)
         except TimeoutError:
             pass
         except Exception as exc:
@@ -360,8 +385,11 @@ class Master:
             for n, instance in enumerate(self.instances):
                 if instance.auto and instance.listeners and instance.listeners[-1].fileno() >= 0:
                     watch[instance.listeners[-1]] = n
+            # A proxy holding accepted connections (``pending``, bounded backpressure) moves
+            # them only inside dispatch, so it is called again even with nothing to accept.
+            waiting = [n for n in set(watch.values()) if n >= 0 and _pending(self.instances[n])]
             try:
-                ready = select.select(list(watch), [], [], 0.2)[0]
+                ready = select.select(list(watch), [], [], 0.0 if waiting else 0.2)[0]
             except OSError as exc:  # a listener closed under us: stop auto mode
                 self.events.emit("select-error", errno=exc.errno, message=str(exc))
                 for instance in self.instances:
@@ -371,6 +399,9 @@ class Master:
             for sock in ready:
                 if sock is not self.ctl:
                     self._auto_dispatch(watch[sock])
+            for n in waiting:
+                if self.instances[n].auto and _pending(self.instances[n]):
+                    self._auto_dispatch(n, PENDING_DISPATCH_TIMEOUT)
             if self.ctl in ready and not self._handle_request():
                 return 0
 

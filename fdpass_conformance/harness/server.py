@@ -361,7 +361,10 @@ class ProxyServer:
         self, index: int, sig: int = signal.SIGKILL, wait: float = 5.0, inst: int = 0
     ) -> None:
         pid = self.instances[inst].worker_pids[index]
-        os.kill(pid, sig)
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:  # already gone (and reaped): what the caller wanted
+            return
         if sig in (signal.SIGKILL, signal.SIGTERM):
             deadline = time.monotonic() + wait
             while not _gone_or_zombie(pid):

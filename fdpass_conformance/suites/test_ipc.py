@@ -515,6 +515,8 @@ class IpcSuite(SuiteBase):
                 f"{describe_objects(before)} -> {describe_objects(after)}"
             )
         replies = [srv.request_reply(timeout=3.0) for _ in range(6)]
-        hanging = [n for n, r in enumerate(replies) if r.end == "timeout"]
+        # An answered reply whose connection stays open is SP-11's defect (a copy kept
+        # elsewhere), not this one: only a request nobody answered is hung here.
+        hanging = [n for n, r in enumerate(replies) if not r.answered and r.end == "timeout"]
         assert not hanging, f"requests {hanging} hung after two workers exited"
         assert any(r.answered for r in replies), "no request was served after two workers exited"
