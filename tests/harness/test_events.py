@@ -107,7 +107,7 @@ def test_reader_gets_every_event_of_a_flood(pipe: tuple[int, int]) -> None:
     threads = [threading.Thread(target=flood, args=(x,), daemon=True) for x in writers]
     for t in threads:
         t.start()
-    ready = set()
+    ready: set[int] = set()
     deadline = time.monotonic() + 30
     while len(ready) < 3 and time.monotonic() < deadline:
         for ev in reader.drain(0.05):
