@@ -55,6 +55,19 @@ def _fault_layers() -> dict[str, str]:
     return {name: layer.status() for name, layer in LAYERS.items()}
 
 
+def _scale(config: pytest.Config, ids: list[str]) -> float:
+    """How many times the default deadline a test may take: FLT-05 grows with its profile.
+
+    ``fdpass_timeout`` is sized for the default Hypothesis profile; a thorough
+    one runs many more and longer sequences, and must not be cut off by it.
+    """
+    if "FLT-05" not in ids:
+        return 1.0
+    from .suites.stateful import profile_scale  # hypothesis only when FLT-05 runs
+
+    return profile_scale(str(config.getoption("fdpass_hypothesis_profile", "default")))
+
+
 class ConformancePlugin:
     def __init__(self, config: pytest.Config, timeout: float) -> None:
         self.config = config
@@ -105,7 +118,7 @@ class ConformancePlugin:
             item.user_properties.append(("fdpass_impl", _impl_id(item)))
             marker = item.get_closest_marker("timeout")
             if timeouts and (marker is None or marker.args == (SUITE_TIMEOUT,)):
-                item.add_marker(pytest.mark.timeout(self.timeout))
+                item.add_marker(pytest.mark.timeout(self.timeout * _scale(config, ids)))
             keep.append(item)
         if dropped:
             config.hook.pytest_deselected(items=dropped)

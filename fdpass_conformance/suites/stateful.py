@@ -119,6 +119,14 @@ def resolve_profile(name: str) -> tuple[str, settings]:
         ) from None
 
 
+def profile_scale(name: str) -> float:
+    """The work of profile ``name`` (sequences x steps) over the default's, at least 1."""
+    _real, chosen = resolve_profile(name)
+    default = settings.get_profile(PROFILE_DEFAULT)
+    work = chosen.max_examples * chosen.stateful_step_count
+    return max(1.0, work / (default.max_examples * default.stateful_step_count))
+
+
 # -- invariants ----------------------------------------------------------------
 
 INV_MASTER = "master-alive"

@@ -105,3 +105,37 @@ def test_unknown_requirement_id_is_a_usage_error(pytester: pytest.Pytester) -> N
     result = pytester.runpytest_subprocess(timeout=INNER_TIMEOUT)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: unknown requirement ID(s)*FP-99*"])
+
+
+@pytest.mark.parametrize(
+    ("profile", "flt05", "others"),
+    [("default", 7.0, 7.0), ("thorough", 7.0 * 200 * 40 / (15 * 12), 7.0)],
+)
+def test_the_flt05_deadline_grows_with_the_hypothesis_profile(
+    pytester: pytest.Pytester, profile: str, flt05: float, others: float
+) -> None:
+    """fdpass_timeout fits the default profile; a thorough run must not be cut off by it."""
+    pytester.makeconftest(
+        """
+        def pytest_collection_finish(session):
+            for item in session.items:
+                ids = [a for m in item.iter_markers("requirement") for a in m.args]
+                print("DEADLINE", ids[0], item.get_closest_marker("timeout").args[0])
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--collect-only",
+        "-s",
+        "--fdpass-impl=reference:MasterProxy",
+        "--fdpass-only=FLT-05,SP-01",
+        f"--fdpass-hypothesis-profile={profile}",
+        "-o",
+        "fdpass_timeout=7",
+        timeout=INNER_TIMEOUT,
+    )
+    deadlines = {
+        line.split()[1]: float(line.split()[2])
+        for line in result.stdout.lines
+        if line.startswith("DEADLINE")
+    }
+    assert deadlines == pytest.approx({"FLT-05": flt05, "SP-01": others})
