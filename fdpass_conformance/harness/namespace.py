@@ -308,8 +308,11 @@ class NamespaceHandle:
     """
 
     def __init__(self, pid: int, ipc_fd: int, user_fd: int | None, runner: str) -> None:
-        """Use :meth:`from_pid`; this takes ownership of the given fds."""
+        """Use :meth:`from_pid`; this takes ownership of the given fds (closed if it raises)."""
         if runner not in ("nsenter", "setns"):
+            for fd in (ipc_fd, user_fd):
+                if fd is not None:
+                    os.close(fd)
             raise ValueError(f"runner must be 'nsenter' or 'setns', got {runner!r}")
         self.pid = pid
         self.runner = runner

@@ -522,3 +522,30 @@ def test_global_lock_timeout_names_the_lock_file() -> None:
     with pytest.raises(ValueError, match="finite number of seconds"), global_ipc_lock(float("inf")):
         pass
     assert isolation.LOCK_NAME == "fdpass-conformance-ipc.lock"
+
+
+@needs_ns
+@pytest.mark.timeout(60)
+def test_container_root_without_cap_sys_admin_takes_the_user_namespace_path() -> None:
+    """Root without CAP_SYS_ADMIN (as in a container), made for real with setpriv: the root
+    attempt fails with EPERM, detection falls back to user+ipc, and the handle works."""
+    import json
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to drop CAP_SYS_ADMIN")
+    no_admin = [setpriv, "--bounding-set", "-sys_admin"]
+    key = _random_key()
+    result = subprocess.run(
+        [*no_admin, sys.executable, "-c", _NOBODY_SCRIPT, str(key), *RUNNERS],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["uid"], report["method"]) == (0, "user+ipc")
+    for runner in RUNNERS:
+        assert report[runner] == {"user": True, "seen": True, "msgmni": 0}
+    assert f"0x{key:08x}" not in _global_ipcs()
