@@ -480,15 +480,28 @@ class ProxyServer:
         return f"; {crash[0].detail.get('message')}" if crash else ""
 
 
+#: Seconds to wait for the end of a connection once its answer is in. The echo
+#: worker closes right after answering, so the end follows at once; a longer wait
+#: only means another process keeps a copy (SP-11), and waiting the full timeout
+#: for it made every request to such a proxy cost that timeout.
+EOF_GRACE = 1.0
+
+
 def read_reply(sock: socket.socket, data: bytes, timeout: float) -> Reply:
     """Send a request and read until the worker closes: answered or not, and how it ended."""
     chunks: list[bytes] = []
     end = "eof"
+    deadline = time.monotonic() + timeout
     sock.settimeout(timeout)
     try:
         sock.sendall(data)
         while chunk := sock.recv(65536):
             chunks.append(chunk)
+            if b"\n" in chunk:  # answered: the end is due now
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(min(left, EOF_GRACE))
     except (BrokenPipeError, ConnectionResetError):
         end = "reset"
     except TimeoutError:
