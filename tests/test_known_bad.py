@@ -15,7 +15,6 @@ read the metadata described in ``tests/known_bad/__init__.py``.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
 import os
@@ -33,6 +32,7 @@ import psutil
 import pytest
 
 from fdpass_conformance.catalogue import BY_ID, REQUIREMENTS
+from fdpass_conformance.harness.childproc import exec_dies_with_parent
 
 #: Seconds the corpus session may take before the outer test gives up on it.
 CORPUS_TIMEOUT = 2400
@@ -47,8 +47,6 @@ CORPUS_WORKERS = 4
 PROFILE_ARGS = ["-p", "known_bad._profile", "--fdpass-hypothesis-profile=fdpass-corpus"]
 
 pytestmark = pytest.mark.timeout(CORPUS_TIMEOUT + 2 * SOLO_TIMEOUT)
-
-_PR_SET_PDEATHSIG = 1
 
 TESTS_DIR = Path(__file__).resolve().parent
 KNOWN_BAD = TESTS_DIR / "known_bad"
@@ -172,13 +170,6 @@ RUN = [e for e in CORPUS if e.rejected is None]
 REJECTED = [e for e in CORPUS if e.rejected is not None]
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: the inner session gets SIGTERM if this process dies (Linux), so that an
-    outer run killed by a timeout cannot leave a corpus session running on its own."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
@@ -223,7 +214,9 @@ def _session(specs: list[str], workdir: Path, workers: int, timeout: float) -> C
             text=True,
             timeout=timeout,
             check=False,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            # SIGTERM if this process dies: an outer run killed by its timeout cannot
+            # leave a corpus session running on its own.
+            preexec_fn=exec_dies_with_parent(signal.SIGTERM),
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the corpus session did not finish within {timeout}s: {exc}")

@@ -11,7 +11,6 @@ program, the process, the request and, when known, how the process ended.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import select
@@ -26,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from ..harness.childproc import exec_dies_with_parent
 from .procfs import fd_target, process_end, socket_target
 from .wire import (
     ENV_PROTOCOL,
@@ -48,9 +48,6 @@ DEFAULT_DEADLINE = 5.0
 ENV_DEADLINE = "FDPASS_ADAPTER_DEADLINE"
 #: Capabilities of protocol 1; a program declares exactly one.
 CAPABILITIES = ("fd-passing", "shared-listener")
-
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 def default_deadline() -> float:
@@ -131,11 +128,6 @@ def _reaped_by_harness(pid: int) -> int | None:
     master_role = sys.modules.get("fdpass_conformance.harness.master_role")
     reaped: dict[int, int] = getattr(master_role, "REAPED", {})
     return reaped.get(pid)
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _recv_hello(chan: Channel, deadline: float) -> Hello:
@@ -305,7 +297,7 @@ class Launch:
                 stderr=log,
                 env=env,
                 close_fds=True,
-                preexec_fn=_die_with_parent,  # single-threaded callers; prctl only
+                preexec_fn=exec_dies_with_parent(),  # single-threaded callers; prctl only
             )
         except OSError as exc:
             server.close()

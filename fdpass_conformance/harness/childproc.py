@@ -35,6 +35,22 @@ def die_with_parent(parent_pid: int, status: int = CRASHED) -> None:
         os._exit(status)
 
 
+def exec_dies_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A ``preexec_fn`` for ``subprocess``: the program gets ``sig`` when its parent dies.
+
+    Only ``prctl`` runs between fork and exec (safe for single-threaded
+    callers). None where there is no PR_SET_PDEATHSIG (macOS).
+    """
+    if _libc is None:
+        return None
+    libc = _libc
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0)
+
+    return preexec
+
+
 def reset_signals() -> None:
     """Back to a fresh interpreter's handlers: pytest's and the test's Python
     handlers (SIGALRM of pytest-timeout, SIGTERM, ...) mean nothing in the child.
