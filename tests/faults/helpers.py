@@ -132,3 +132,10 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.005)
+
+
+def untraced_and_running(pid: int) -> bool:
+    """strace has let go of ``pid`` and it runs again (not stopped, not traced)."""
+    from fdpass_conformance.faults.syscall import tracer_pid
+
+    return tracer_pid(pid) == 0 and proc_state(pid) in ("S", "R")

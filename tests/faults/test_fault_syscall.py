@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,23 +16,10 @@ from fdpass_conformance.faults.errors import FaultUnavailable
 from fdpass_conformance.faults.forked import call_in_child
 from fdpass_conformance.faults.syscall import SyscallFault, tracer_pid, when_expression
 
-from .helpers import SENDMSG_LOOP, LineProcess, proc_state, wait_for
+from .helpers import SENDMSG_LOOP, LineProcess, untraced_and_running, wait_for
 
 AVAILABLE, WHY = syscall.available()
 needs_strace = pytest.mark.skipif(not AVAILABLE, reason=f"strace unavailable: {WHY}")
-
-
-@pytest.fixture
-def tracee() -> Iterator[LineProcess]:
-    proc = LineProcess(SENDMSG_LOOP)
-    try:
-        yield proc
-    finally:
-        proc.close()
-
-
-def _untraced_and_running(pid: int) -> bool:
-    return tracer_pid(pid) == 0 and proc_state(pid) in ("S", "R")
 
 
 @needs_strace
@@ -51,7 +37,7 @@ def test_exactly_the_second_sendmsg_fails_then_detach_leaves_it_running(
         assert fault.injected_count() == 1
         assert "sendmsg(" in fault.log_text()
         # Detached: the process is neither traced nor stopped, and sendmsg works again.
-        wait_for(lambda: _untraced_and_running(tracee.pid), 5, "an untraced, running tracee")
+        wait_for(lambda: untraced_and_running(tracee.pid), 5, "an untraced, running tracee")
         assert tracee.ask("send 3") == "ok,ok,ok"
         assert tracee.ask("status") in ("tracer=0 state=R", "tracer=0 state=S")
     finally:
@@ -105,7 +91,7 @@ def test_strace_killed_the_kernel_detaches_and_the_tracee_runs_on(tracee: LinePr
         strace_pid = fault.strace_pid
         assert strace_pid is not None
         os.kill(strace_pid, signal.SIGKILL)
-        wait_for(lambda: _untraced_and_running(tracee.pid), 5, "the kernel to detach the tracee")
+        wait_for(lambda: untraced_and_running(tracee.pid), 5, "the kernel to detach the tracee")
         assert tracee.ask("send 2") == "ok,ok"
     finally:
         fault.detach()  # reaps the killed strace
@@ -163,7 +149,7 @@ def test_strace_detaches_when_the_process_that_started_it_dies(tracee: LineProce
     result = call_in_child(reaper, timeout=25)
     assert result.status == 0, result.output
     assert result.output == b"True"  # strace exited (and was reaped) after C died
-    wait_for(lambda: _untraced_and_running(tracee_pid), 5, "the tracee to be detached")
+    wait_for(lambda: untraced_and_running(tracee_pid), 5, "the tracee to be detached")
     assert tracee.ask("send 2") == "ok,ok"
 
 
@@ -179,7 +165,7 @@ def test_attach_errors_are_clear() -> None:
         first = SyscallFault(proc.pid, "sendmsg")
         with first, pytest.raises(RuntimeError, match=f"already traced by pid {first.strace_pid}"):
             SyscallFault(proc.pid, "sendmsg").attach()
-        wait_for(lambda: _untraced_and_running(proc.pid), 5, "detach")
+        wait_for(lambda: untraced_and_running(proc.pid), 5, "detach")
     finally:
         proc.close()
 

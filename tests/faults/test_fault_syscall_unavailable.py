@@ -24,9 +24,9 @@ import pytest
 
 from fdpass_conformance.faults import syscall
 from fdpass_conformance.faults.forked import call_in_child
-from fdpass_conformance.faults.syscall import SyscallFault, tracer_pid
+from fdpass_conformance.faults.syscall import SyscallFault
 
-from .helpers import SENDMSG_LOOP, LineProcess, proc_state, wait_for
+from .helpers import LineProcess, proc_state, untraced_and_running, wait_for
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -222,19 +222,6 @@ def test_repr_and_a_fault_never_attached() -> None:
     assert fault.strace_stderr == ""
 
 
-@pytest.fixture
-def tracee() -> Iterator[LineProcess]:
-    proc = LineProcess(SENDMSG_LOOP)
-    try:
-        yield proc
-    finally:
-        proc.close()
-
-
-def _untraced_and_running(pid: int) -> bool:
-    return tracer_pid(pid) == 0 and proc_state(pid) in ("S", "R")
-
-
 @needs_strace
 def test_attach_twice_and_a_removed_log(tracee: LineProcess) -> None:
     fault = SyscallFault(tracee.pid, "sendmsg", "ENOBUFS", times=None)
@@ -250,7 +237,7 @@ def test_attach_twice_and_a_removed_log(tracee: LineProcess) -> None:
     finally:
         fault.detach()
     assert fault.injected_count() == 0  # the log went with the file; nothing is made up
-    wait_for(lambda: _untraced_and_running(tracee.pid), 5, "an untraced, running tracee")
+    wait_for(lambda: untraced_and_running(tracee.pid), 5, "an untraced, running tracee")
     assert tracee.ask("send 2") == "ok,ok"
 
 
@@ -262,7 +249,7 @@ def test_attach_past_its_deadline_stops_strace_and_leaves_the_tracee_alone(
     with pytest.raises(TimeoutError, match=f"strace did not attach to pid {tracee.pid} within"):
         fault.attach()
     assert fault.strace_pid is None
-    wait_for(lambda: _untraced_and_running(tracee.pid), 5, "an untraced, running tracee")
+    wait_for(lambda: untraced_and_running(tracee.pid), 5, "an untraced, running tracee")
     assert tracee.ask("send 2") == "ok,ok"
 
 
@@ -282,5 +269,5 @@ def test_a_stuck_strace_is_killed_after_the_detach_timeout(tracee: LineProcess) 
         fault.detach()
     with pytest.raises(ProcessLookupError):
         os.kill(strace_pid, 0)  # killed and reaped
-    wait_for(lambda: _untraced_and_running(tracee.pid), 5, "an untraced, running tracee")
+    wait_for(lambda: untraced_and_running(tracee.pid), 5, "an untraced, running tracee")
     assert tracee.ask("send 2") == "ok,ok"
