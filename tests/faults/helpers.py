@@ -139,3 +139,12 @@ def untraced_and_running(pid: int) -> bool:
     from fdpass_conformance.faults.syscall import tracer_pid
 
     return tracer_pid(pid) == 0 and proc_state(pid) in ("S", "R")
+
+
+def dead_pid() -> int:
+    """The pid of a child that has exited and been reaped (no process has it now)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid

@@ -24,7 +24,7 @@ from fdpass_conformance.faults.kernel import (
     set_nofile_limit,
 )
 
-from .helpers import proc_state, wait_for
+from .helpers import dead_pid, proc_state, wait_for
 
 needs_linux = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="prlimit and /proc are Linux-only"
@@ -177,19 +177,11 @@ def test_stop_cont_kill() -> None:
 @needs_linux
 def test_errors_name_the_pid() -> None:
     with pytest.raises(ProcessLookupError, match="no such process"):
-        set_nofile_limit(_dead_pid(), 10)
+        set_nofile_limit(dead_pid(), 10)
     with pytest.raises(ValueError, match="exceeds the hard limit"):
         set_nofile_limit(os.getpid(), resource.getrlimit(resource.RLIMIT_NOFILE)[1] + 1)
     with pytest.raises(ValueError, match="pid must be a positive int"):
         set_nofile_limit(0, 10)
-
-
-def _dead_pid() -> int:
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        os._exit(0)
-    os.waitpid(pid, 0)
-    return pid
 
 
 @pytest.mark.timeout(30)

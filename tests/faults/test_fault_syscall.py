@@ -16,7 +16,7 @@ from fdpass_conformance.faults.errors import FaultUnavailable
 from fdpass_conformance.faults.forked import call_in_child
 from fdpass_conformance.faults.syscall import SyscallFault, tracer_pid, when_expression
 
-from .helpers import SENDMSG_LOOP, LineProcess, untraced_and_running, wait_for
+from .helpers import SENDMSG_LOOP, LineProcess, dead_pid, untraced_and_running, wait_for
 
 AVAILABLE, WHY = syscall.available()
 needs_strace = pytest.mark.skipif(not AVAILABLE, reason=f"strace unavailable: {WHY}")
@@ -157,7 +157,7 @@ def test_strace_detaches_when_the_process_that_started_it_dies(tracee: LineProce
 @pytest.mark.timeout(30)
 def test_attach_errors_are_clear() -> None:
     with pytest.raises(ProcessLookupError, match="no process"):
-        SyscallFault(_dead_pid(), "sendmsg").attach()
+        SyscallFault(dead_pid(), "sendmsg").attach()
     proc = LineProcess(SENDMSG_LOOP)
     try:
         with pytest.raises(RuntimeError, match=r"strace exited .* before attaching"):
@@ -168,15 +168,6 @@ def test_attach_errors_are_clear() -> None:
         wait_for(lambda: untraced_and_running(proc.pid), 5, "detach")
     finally:
         proc.close()
-
-
-def _dead_pid() -> int:
-    """The pid of a child that has exited and been reaped (no process has it now)."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        os._exit(0)
-    os.waitpid(pid, 0)
-    return pid
 
 
 @pytest.mark.parametrize(
