@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -289,7 +290,7 @@ def test_known_bad_is_caught(
     The corpus session runs 60 servers' worth of tests four at a time on two
     cores; a deviation there is confirmed by a solo session of this proxy
     alone before it fails the test. One that does not reproduce is recorded
-    (``corpus_unconfirmed``) and printed, so a racy defect or suite shows.
+    (``corpus_unconfirmed``) and warned about, so a racy defect or suite shows.
     """
     results = corpus_run.requirements(entry.spec)
     known = {rid: why for (name, rid), why in SUITE_ISSUES.items() if name == entry.name}
@@ -300,7 +301,10 @@ def test_known_bad_is_caught(
         deviating = _deviations(results, entry)
         if not set(deviating) - set(known):
             record_property("corpus_unconfirmed", batch)
-            print(f"{entry.name}: deviated in the corpus session, not alone: {batch}")
+            warnings.warn(
+                f"{entry.name}: deviated in the corpus session, not alone: {batch}",
+                stacklevel=1,
+            )
     for rid in entry.breaks:
         if _failed(results[rid]):
             expected = "fail" if BY_ID[rid].must else "warn"
