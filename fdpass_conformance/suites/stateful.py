@@ -1209,8 +1209,11 @@ def _report(
     text = "\n".join(steps)
     props.append(("fdpass_steps", text))
     props.append(("fdpass_invariant", exc.invariant))
+    note = f"{title}:\n{text}"
     if hasattr(exc, "add_note"):  # Python 3.11+
-        exc.add_note(f"{title}:\n{text}")
+        exc.add_note(note)
+    else:  # Python 3.10: PEP 678's attribute itself, as Hypothesis and pytest use it there
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
 
 
 def _dedupe(props: list[tuple[str, object]], key: str) -> None:
