@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from ..harness.childproc import quiet_fork
+
 #: Largest amount of output read back from a child; enough for a report line.
 MAX_OUTPUT = 1 << 20
 
@@ -124,7 +126,7 @@ def call_in_child(fn: Callable[[], bytes | None], timeout: float = 10.0) -> Chil
     child is done even when it left grandchildren behind.
     """
     rfd, wfd = os.pipe()
-    pid = os.fork()
+    pid = quiet_fork()
     if pid == 0:  # pragma: no cover - runs in the child, which never returns here
         code = 0
         try:

@@ -51,6 +51,18 @@ def exec_dies_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | Non
     return preexec
 
 
+def quiet_fork() -> int:
+    """``os.fork()`` without Python 3.12's warning about forking a threaded process.
+
+    pytest-xdist workers run execnet threads, so every fork here would warn;
+    our children never touch locks those threads hold: they reset signals,
+    use their own fds and leave with ``os._exit`` or exec.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
 def reset_signals() -> None:
     """Back to a fresh interpreter's handlers: pytest's and the test's Python
     handlers (SIGALRM of pytest-timeout, SIGTERM, ...) mean nothing in the child.
@@ -81,11 +93,7 @@ def fork_child(body: Callable[[], int], *, new_group: bool = False) -> int:
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
-    with warnings.catch_warnings():
-        # Python 3.12+ warns when a threaded process forks; our children only
-        # run async-signal-safe work before they exec or use their own fds.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+    pid = quiet_fork()
     if pid:
         return pid
     status = CRASHED

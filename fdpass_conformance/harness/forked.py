@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, NoReturn, Protocol
 
-from fdpass_conformance.harness.childproc import die_with_parent, reset_signals
+from fdpass_conformance.harness.childproc import die_with_parent, quiet_fork, reset_signals
 
 #: Default seconds that ``close`` lets children finish on their own before SIGKILL.
 CLOSE_GRACE = 1.0
@@ -200,7 +200,7 @@ class WorkerGroup:
         rfd, wfd = os.pipe()
         parent = os.getpid()
         try:
-            pid = os.fork()
+            pid = quiet_fork()
         except BaseException:
             os.close(rfd)
             os.close(wfd)
