@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import random
 import select
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -374,11 +376,31 @@ print(json.dumps(out))
 """
 
 
+def _user_namespace_report(prefix: list[str]) -> dict[str, Any]:
+    """_NOBODY_SCRIPT run under ``prefix`` (setpriv ...): it must take the user+ipc path,
+    each runner must see its own queue there, and the host must never see it."""
+    key = _random_key()
+    result = subprocess.run(
+        [*prefix, sys.executable, "-c", _NOBODY_SCRIPT, str(key), *RUNNERS],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+        cwd="/",
+    )
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert report["method"] == "user+ipc"
+    for runner in RUNNERS:
+        assert report[runner] == {"user": True, "seen": True, "msgmni": 0}
+    assert f"0x{key:08x}" not in _global_ipcs()
+    return report
+
+
 @needs_ns
 @pytest.mark.timeout(60)
 def test_unprivileged_path_as_nobody() -> None:
     """Run as uid 65534 (setpriv): detection picks user+ipc and the handle works through it."""
-    import json
 
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
@@ -393,22 +415,8 @@ def test_unprivileged_path_as_nobody() -> None:
     )
     if check.returncode != 0:
         pytest.skip(f"this interpreter is not usable by nobody: {check.stderr[-200:]!r}")
-    key = _random_key()
-    result = subprocess.run(
-        [*nobody, sys.executable, "-c", _NOBODY_SCRIPT, str(key), *RUNNERS],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-        cwd="/",
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = _user_namespace_report(nobody)
     assert report["uid"] == 65534
-    assert report["method"] == "user+ipc"
-    for runner in RUNNERS:
-        assert report[runner] == {"user": True, "seen": True, "msgmni": 0}
-    assert f"0x{key:08x}" not in _global_ipcs()
 
 
 def test_macos_has_a_clear_unavailable_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -529,23 +537,9 @@ def test_global_lock_timeout_names_the_lock_file() -> None:
 def test_container_root_without_cap_sys_admin_takes_the_user_namespace_path() -> None:
     """Root without CAP_SYS_ADMIN (as in a container), made for real with setpriv: the root
     attempt fails with EPERM, detection falls back to user+ipc, and the handle works."""
-    import json
 
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
         pytest.skip("needs root and setpriv to drop CAP_SYS_ADMIN")
     no_admin = [setpriv, "--bounding-set", "-sys_admin"]
-    key = _random_key()
-    result = subprocess.run(
-        [*no_admin, sys.executable, "-c", _NOBODY_SCRIPT, str(key), *RUNNERS],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert (report["uid"], report["method"]) == (0, "user+ipc")
-    for runner in RUNNERS:
-        assert report[runner] == {"user": True, "seen": True, "msgmni": 0}
-    assert f"0x{key:08x}" not in _global_ipcs()
+    assert _user_namespace_report(no_admin)["uid"] == 0
