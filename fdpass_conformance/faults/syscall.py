@@ -35,6 +35,7 @@ restarts as a traced one); the settle time covers a tracee running user code.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
@@ -157,6 +158,20 @@ def tracer_pid(pid: int) -> int:
     return _tracer_pid(pid)
 
 
+#: Faults whose strace runs (strong references: a fault dropped without detach() is
+#: exactly the one whose strace must still be stopped at exit).
+_ATTACHED: set[SyscallFault] = set()
+
+
+@atexit.register
+def _detach_all() -> None:
+    """A caller that never reached detach() (a test killed by its timeout, say) must not
+    leave a running strace behind; PR_SET_PDEATHSIG is not always there to catch it."""
+    for fault in list(_ATTACHED):
+        with contextlib.suppress(Exception):
+            fault.detach()
+
+
 class SyscallFault:
     """Fail calls ``after+1 .. after+times`` of ``syscall`` in process ``pid`` with ``error``.
 
@@ -255,6 +270,7 @@ class SyscallFault:
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,
         )
+        _ATTACHED.add(self)
         try:
             self._wait_attached()
         except BaseException:
@@ -310,6 +326,7 @@ class SyscallFault:
         the log file.
         """
         proc, self._proc = self._proc, None
+        _ATTACHED.discard(self)
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGINT)

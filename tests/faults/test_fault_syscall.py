@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -16,7 +17,14 @@ from fdpass_conformance.faults.errors import FaultUnavailable
 from fdpass_conformance.faults.forked import call_in_child
 from fdpass_conformance.faults.syscall import SyscallFault, tracer_pid, when_expression
 
-from .helpers import SENDMSG_LOOP, LineProcess, dead_pid, untraced_and_running, wait_for
+from .helpers import (
+    SENDMSG_LOOP,
+    LineProcess,
+    dead_pid,
+    proc_state,
+    untraced_and_running,
+    wait_for,
+)
 
 AVAILABLE, WHY = syscall.available()
 needs_strace = pytest.mark.skipif(not AVAILABLE, reason=f"strace unavailable: {WHY}")
@@ -208,3 +216,38 @@ def test_macos_reports_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
             SyscallFault(os.getpid()).attach()
     finally:
         syscall.available.cache_clear()
+
+
+FORGETFUL = """
+import subprocess, sys
+from fdpass_conformance.faults import syscall
+from fdpass_conformance.faults.syscall import SyscallFault
+syscall._pdeathsig_prefix = lambda: []  # no PR_SET_PDEATHSIG: only the exit hook is left
+sleeper = subprocess.Popen(["sleep", "30"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+fault = SyscallFault(sleeper.pid, "sendmsg", "ENOBUFS", times=None)
+fault.attach()
+print(sleeper.pid, fault.strace_pid, flush=True)
+del fault  # never detached: the interpreter's exit must stop strace
+"""
+
+
+@needs_strace
+@pytest.mark.timeout(60)
+def test_a_fault_never_detached_stops_its_strace_at_exit() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", FORGETFUL], capture_output=True, text=True, timeout=30, check=True
+    )
+    sleeper, strace = (int(x) for x in out.stdout.split())
+    try:
+        wait_for(lambda: not _alive(strace), 5, f"strace (pid {strace}) to be gone")
+    finally:
+        for pid in (strace, sleeper):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return proc_state(pid) not in ("Z", "X")
+    except FileNotFoundError:
+        return False
