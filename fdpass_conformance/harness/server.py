@@ -487,21 +487,30 @@ class ProxyServer:
 EOF_GRACE = 1.0
 
 
-def read_reply(sock: socket.socket, data: bytes, timeout: float) -> Reply:
-    """Send a request and read until the worker closes: answered or not, and how it ended."""
+def read_reply(
+    sock: socket.socket, data: bytes, timeout: float, eof_grace: float = EOF_GRACE
+) -> Reply:
+    """Send a request and read until the worker closes: answered or not, and how it ended.
+
+    ``eof_grace=0`` stops at the answer (end ``"open"``), for checks of who
+    serves that must not wait on an end only SP-11 judges.
+    """
     chunks: list[bytes] = []
     end = "eof"
     deadline = time.monotonic() + timeout
-    sock.settimeout(timeout)
+    sock.settimeout(max(timeout, 1e-6))
     try:
         sock.sendall(data)
         while chunk := sock.recv(65536):
             chunks.append(chunk)
             if b"\n" in chunk:  # answered: the end is due now
+                if eof_grace <= 0:
+                    end = "open"
+                    break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError
-                sock.settimeout(min(left, EOF_GRACE))
+                sock.settimeout(min(left, eof_grace))
     except (BrokenPipeError, ConnectionResetError):
         end = "reset"
     except TimeoutError:

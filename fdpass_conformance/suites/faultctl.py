@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
 from ..faults import syscall
 from ..faults.errors import parse_errno
-from ..harness.server import ProxyServer
+from ..harness.server import HarnessError, ProxyServer
 
 #: Python entry points for each system call, used by the Python-level layer.
 PY_TARGETS = {
@@ -30,6 +31,62 @@ PY_TARGETS = {
 }
 
 
+@dataclass
+class Injection:
+    """A fault of :func:`counted_fault`: its layer and, once left, how many calls it failed."""
+
+    layer: str
+    injected: int = 0
+
+
+@contextlib.contextmanager
+def counted_fault(
+    server: ProxyServer,
+    request: pytest.FixtureRequest,
+    call: str,
+    error: str,
+    *,
+    after: int = 0,
+    times: int | None = 1,
+) -> Iterator[Injection]:
+    """Fail the master's calls ``after+1..after+times`` of ``call``; count what really failed.
+
+    strace on the master where it can attach, else a Python-level patch in the
+    master. After the block, ``injected`` tells whether the implementation
+    reached those calls at all, which is how a sweep knows it is done and a
+    test knows it is n/a.
+    """
+    code = parse_errno(error)
+    ok, why = syscall.available()
+    pid = server.master_pid
+    assert pid is not None
+    if ok:
+        request.node.user_properties.append(("fdpass_fault_layer", f"syscall:{call}:{error}"))
+        result = Injection("syscall")
+        fault = syscall.SyscallFault(
+            pid, syscall=call, error=code, after=after, times=times, follow_forks=False
+        )
+        try:
+            with fault:
+                yield result
+        finally:
+            result.injected = fault.injected_count()
+        return
+    if server.exec_impl:  # the python layer would patch the harness, not the program
+        pytest.skip(f"n/a for an exec: implementation: no python fault layer ({why})")
+    target = PY_TARGETS.get(call)
+    if target is None:
+        pytest.skip(f"cannot inject {call} failures here: {why}")
+    request.node.user_properties.append(("fdpass_fault_layer", f"python:{target}:{error}"))
+    result = Injection("python")
+    server.request("patch", target, code, after, times)
+    try:
+        yield result
+    finally:
+        with contextlib.suppress(HarnessError):
+            result.injected = sum(server.request("unpatch"))
+
+
 @contextlib.contextmanager
 def injected(
     server: ProxyServer,
@@ -40,26 +97,6 @@ def injected(
     after: int = 0,
     times: int | None = 1,
 ) -> Iterator[str]:
-    """Fail the master's calls ``after+1..after+times`` of ``call`` with ``error``."""
-    code = parse_errno(error)
-    ok, why = syscall.available()
-    pid = server.master_pid
-    assert pid is not None
-    if ok:
-        request.node.user_properties.append(("fdpass_fault_layer", f"syscall:{call}:{error}"))
-        with syscall.SyscallFault(
-            pid, syscall=call, error=code, after=after, times=times, follow_forks=False
-        ):
-            yield "syscall"
-        return
-    if server.exec_impl:  # the python layer would patch the harness, not the program
-        pytest.skip(f"n/a for an exec: implementation: no python fault layer ({why})")
-    target = PY_TARGETS.get(call)
-    if target is None:
-        pytest.skip(f"cannot inject {call} failures here: {why}")
-    request.node.user_properties.append(("fdpass_fault_layer", f"python:{target}:{error}"))
-    server.request("patch", target, code, after, times)
-    try:
-        yield "python"
-    finally:
-        server.request("unpatch")
+    """Fail the master's calls ``after+1..after+times`` of ``call`` with ``error``; the layer."""
+    with counted_fault(server, request, call, error, after=after, times=times) as fault:
+        yield fault.layer

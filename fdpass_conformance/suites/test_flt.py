@@ -20,12 +20,12 @@ from ..harness.server import ProxyServer, read_reply
 from ..leaks.fds import fd_count
 from .base import StartServer, SuiteBase
 from .evidence import describe_fds, left_hanging, wait_until
+from .faultctl import counted_fault
 from .test_ipc import (
     Baseline,
     FdSnapshot,
     assert_released,
     close_quietly,
-    counted_fault,
     fd_links,
     require,
     setup_until_failure,

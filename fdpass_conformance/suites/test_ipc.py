@@ -14,21 +14,19 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psutil
 import pytest
 
-from ..faults import syscall
-from ..faults.errors import parse_errno
 from ..harness.server import HarnessError, ProxyServer, read_reply
 from ..leaks.fds import fd_inventory
 from ..leaks.ipcs import IpcObject
 from ..leaks.ports import port_is_free
 from .base import StartServer, SuiteBase
 from .evidence import free_port, left_hanging
-from .faultctl import PY_TARGETS
+from .faultctl import counted_fault
 
 #: Each kind of call that create_socket/open_channels may make, with the errno it is
 #: failed with in the IPC-03 sweep (a plausible one for that call).
@@ -162,59 +160,6 @@ def trouble(srv: ProxyServer, kinds: Sequence[str]) -> str:
             detail = e.detail.get("message") or e.detail
             return f"{e.role} {e.index} (pid {e.pid}) reported {e.kind}: {detail}"
     return ""
-
-
-@dataclass
-class Injection:
-    """A fault of :func:`counted_fault`: its layer and, once left, how many calls it failed."""
-
-    layer: str
-    injected: int = 0
-
-
-@contextlib.contextmanager
-def counted_fault(
-    srv: ProxyServer,
-    request: pytest.FixtureRequest,
-    call: str,
-    error: str,
-    *,
-    after: int = 0,
-    times: int | None = 1,
-) -> Iterator[Injection]:
-    """Fail the master's calls ``after+1..after+times`` of ``call``; count what really failed.
-
-    The layer is chosen as in ``faultctl.injected`` (strace on the master if it
-    can attach, else a Python-level patch in the master). After the block,
-    ``injected`` tells whether the implementation reached those calls at all,
-    which is how a sweep knows it is done and a test knows it is n/a.
-    """
-    code = parse_errno(error)
-    pid = master_pid(srv)
-    ok, why = syscall.available()
-    if ok:
-        request.node.user_properties.append(("fdpass_fault_layer", f"syscall:{call}:{error}"))
-        result = Injection("syscall")
-        fault = syscall.SyscallFault(
-            pid, syscall=call, error=code, after=after, times=times, follow_forks=False
-        )
-        try:
-            with fault:
-                yield result
-        finally:
-            result.injected = fault.injected_count()
-        return
-    target = PY_TARGETS.get(call)
-    if target is None:
-        pytest.skip(f"cannot inject {call} failures here: {why}")
-    request.node.user_properties.append(("fdpass_fault_layer", f"python:{target}:{error}"))
-    result = Injection("python")
-    srv.request("patch", target, code, after, times)
-    try:
-        yield result
-    finally:
-        with contextlib.suppress(HarnessError):
-            result.injected = sum(srv.request("unpatch"))
 
 
 def timed_dispatch(

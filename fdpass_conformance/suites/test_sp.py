@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from ..contract import ProtocolType
-from ..faults import syscall
-from ..faults.errors import parse_errno
-from ..harness.server import HarnessError, ProxyServer, Reply, read_reply
+from ..harness.server import HarnessError, ProxyServer, read_reply
 from ..leaks.ports import port_is_free
 from .base import StartServer, SuiteBase
 from .evidence import assert_fd_counts_flat, fd_counts, free_port
-from .faultctl import PY_TARGETS
+from .faultctl import counted_fault
 
 #: Calls failed during setup (create_socket, then open_channels for an fd-passing
 #: proxy) with an errno each would not produce on its own here (SP-18, SP-19).
@@ -34,39 +30,10 @@ BAD_PORTS: list[object] = [-1, 65536, 70000, "80", 1.5, None]
 PROTOCOLS: list[object] = [*ProtocolType, "tcp", "http", "websocket"]
 
 
-def _read_answer(sock: socket.socket, deadline: float) -> Reply:
-    """Read up to the worker's answer line, not to EOF: who served, or how the connection ended.
-
-    For checks of who serves (SP-13) and whether all are served (SP-17): whether
-    the connection then ends is SP-11's to judge, and waiting for it would make
-    those checks hang on an SP-11 defect instead of judging their own requirement.
-    """
-    raw = b""
-    end = "open"
-    try:
-        while b"\n" not in raw:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                end = "timeout"
-                break
-            sock.settimeout(remaining)
-            chunk = sock.recv(65536)
-            if not chunk:
-                end = "eof"
-                break
-            raw += chunk
-    except (BrokenPipeError, ConnectionResetError):
-        end = "reset"
-    except TimeoutError:
-        end = "timeout"
-    return Reply.parse(raw, end) if b"\n" in raw else Reply(False, end)
-
-
 def _served_by(server: ProxyServer, timeout: float = 5.0) -> int | None:
     """One request; the index of the worker that answered it (None: no answer)."""
     with server.connect(timeout) as client:
-        client.sendall(b"ping")
-        return _read_answer(client, time.monotonic() + timeout).index
+        return read_reply(client, b"ping", timeout, eof_grace=0).index
 
 
 def _leaves_nothing(server: ProxyServer, inst: int, call: str, *args: object) -> BaseException:
@@ -80,41 +47,6 @@ def _leaves_nothing(server: ProxyServer, inst: int, call: str, *args: object) ->
     return info.value
 
 
-@contextlib.contextmanager
-def _counted_fault(
-    server: ProxyServer, request: pytest.FixtureRequest, call: str, error: str
-) -> Iterator[list[int]]:
-    """Fail the master's first ``call`` with ``error``; afterwards ``[n]`` says how many failed.
-
-    The layer is chosen as in ``faultctl.injected``: strace on the master where it
-    can attach, else a Python-level patch in the master.
-    """
-    code = parse_errno(error)
-    pid = server.master_pid
-    assert pid is not None
-    count = [0]
-    ok, why = syscall.available()
-    if ok:
-        request.node.user_properties.append(("fdpass_fault_layer", f"syscall:{call}:{error}"))
-        fault = syscall.SyscallFault(pid, syscall=call, error=code, times=1, follow_forks=False)
-        try:
-            with fault:
-                yield count
-        finally:
-            count[0] = fault.injected_count()
-        return
-    target = PY_TARGETS.get(call)
-    if target is None:
-        pytest.skip(f"cannot inject {call} failures here: {why}")
-    request.node.user_properties.append(("fdpass_fault_layer", f"python:{target}:{error}"))
-    server.request("patch", target, code, 0, 1)
-    try:
-        yield count
-    finally:
-        with contextlib.suppress(HarnessError):
-            count[0] = sum(server.request("unpatch"))
-
-
 def _fail_setup(
     server: ProxyServer, request: pytest.FixtureRequest, call: str, error: str
 ) -> OSError:
@@ -124,7 +56,7 @@ def _fail_setup(
     skipped too when setup succeeded all the same, since then no error was raised to judge.
     """
     raised: Exception | None = None
-    with _counted_fault(server, request, call, error) as injected:
+    with counted_fault(server, request, call, error) as fault:
         try:
             server.create_socket()
             if server.fd_passing:
@@ -133,7 +65,7 @@ def _fail_setup(
             raise
         except Exception as exc:
             raised = exc
-    if not injected[0]:
+    if not fault.injected:
         pytest.skip(f"n/a: create_socket and open_channels make no {call}() call")
     if raised is None:
         # Recovering from the failure (another port, a retry) is judged by the
@@ -324,7 +256,9 @@ class SocketProxySuite(SuiteBase):
             for c in clients:
                 c.sendall(b"concurrent")
             deadline = time.monotonic() + 10.0
-            replies = [_read_answer(c, deadline) for c in clients]
+            replies = [
+                read_reply(c, b"", deadline - time.monotonic(), eof_grace=0) for c in clients
+            ]
         finally:
             for c in clients:
                 c.close()

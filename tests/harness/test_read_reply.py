@@ -72,3 +72,15 @@ def test_reset_without_an_answer() -> None:
         worker.close()
         reply = read_reply(client, b"ping", timeout=5.0)
     assert not reply.answered and reply.end in ("eof", "reset")
+
+
+def test_eof_grace_zero_stops_at_the_answer() -> None:
+    """For checks of who serves: the answer is enough, the end is SP-11's to judge."""
+    client, worker = tcp_pair()
+    with client, worker:
+        worker.sendall(ANSWER + b"\n")
+        started = time.monotonic()
+        reply = read_reply(client, b"ping", timeout=30.0, eof_grace=0)
+        took = time.monotonic() - started
+    assert (reply.answered, reply.end, reply.index) == (True, "open", 0)
+    assert took < server.EOF_GRACE, f"waited {took:.2f}s past the answer"
