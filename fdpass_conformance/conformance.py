@@ -179,11 +179,11 @@ class ConformancePlugin:
 def _row(res: RequirementResult) -> str:
     req = res.requirement
     line = f"{req.id:<7} {req.level:<6} {res.verdict:<7}"
-    failure = res.first_failure
-    if failure is not None:
-        line += f" {failure.nodeid.rsplit('::', 1)[-1]}: {failure.reason}"
-    elif res.result in ("skip", "n-a") and res.tests:
-        line += f" {res.tests[0].reason}"
+    deciding = res.deciding
+    if deciding is not None and res.result in ("fail", "error"):
+        line += f" {deciding.nodeid.rsplit('::', 1)[-1]}: {deciding.reason}"
+    elif deciding is not None and res.result != "pass":
+        line += f" {deciding.reason}"
     return line
 
 
@@ -192,4 +192,6 @@ def _markup(verdict: str) -> dict[str, bool]:
         "pass": {"green": True},
         "fail": {"red": True, "bold": True},
         "warn": {"yellow": True},
+        "error": {"purple": True, "bold": True},
+        "blocked": {"cyan": True},
     }.get(verdict, {})

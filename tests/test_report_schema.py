@@ -106,24 +106,30 @@ def test_every_verdict_validates(strict: bool) -> None:
     report.record("Impl", ["SP-15"], _outcome("SP-15", "n-a", "n/a: no SO_REUSEPORT"))
     report.record("Impl", ["FP-01", "FP-02"], _outcome("FP-01", "skip", "is_supported() False"))
     report.record("Impl", ["FLT-01"], _outcome("FLT-01", "pass", layer="syscall:sendmsg:ENOBUFS"))
+    blocked = _outcome("SP-16", "blocked", "blocked by FP-02: no connection reached a worker")
+    blocked.blocked_by = "FP-02"
+    report.record("Impl", ["SP-16"], blocked)
+    report.record("Impl", ["IPC-02"], _outcome("IPC-02", "error", "AttributeError: x"))
     report.record("Other", ["SP-01"], _outcome("SP-01", "pass"))
     data = report.to_dict()
     validate(data)
     verdicts = {r["id"]: r["verdict"] for r in data["implementations"][0]["requirements"]}
     assert verdicts["SP-02"] == "fail" and verdicts["SP-13"] == "warn"
     assert verdicts["FP-02"] == "skip" and verdicts["IPC-01"] == "not-run"
+    assert verdicts["SP-16"] == "blocked" and verdicts["IPC-02"] == "error"
     assert data["passed"] is False
 
 
 @pytest.mark.parametrize(
     ("path", "value"),
     [
-        (("version",), 2),
+        (("version",), 1),
         (("tool",), "other"),
         (("implementations", 0, "counts", "warn"), -1),
         (("implementations", 0, "requirements", 0, "verdict"), "warn"),
         (("implementations", 0, "requirements", 0, "tests"), []),
         (("implementations", 0, "requirements", 0, "tests", 0, "outcome"), "not-run"),
+        (("implementations", 0, "requirements", 0, "tests", 0, "blocked_by"), "the network"),
         (("implementations", 0, "requirements", 0, "extra"), True),
         (("isolation",), "none"),
         (("fault_layers", "kernel"), "maybe"),

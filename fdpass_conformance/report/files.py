@@ -23,12 +23,11 @@ def check_path(path: str) -> str | None:
 
 
 def _reason(res: RequirementResult) -> tuple[str, str]:
-    failure = res.first_failure
-    if failure is not None:
-        return failure.nodeid, failure.reason
-    if res.result in ("skip", "n-a") and res.tests:
-        return res.tests[0].nodeid, res.tests[0].reason
-    return "", ""
+    """The test that decided the requirement's result, and its reason."""
+    deciding = res.deciding
+    if deciding is None or res.result == "pass":
+        return "", ""
+    return deciding.nodeid, deciding.reason
 
 
 def to_markdown(report: Report) -> str:
@@ -58,6 +57,7 @@ body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;margin-bottom:2em}
 td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
 .pass{background:#d8f5d0}.fail{background:#f8d0d0}.warn{background:#fbecc0}
+.error{background:#e0c8f0}.blocked{background:#dde4f0}
 .skip,.n-a,.not-run{background:#eee;color:#666}
 """
 

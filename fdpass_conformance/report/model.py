@@ -1,9 +1,14 @@
 """From test outcomes to one result per (implementation, requirement).
 
-A requirement fails if any of its tests failed, passes if at least one passed
-and none failed, is n-a if its tests were all skipped as not applicable, and
-is "skip" if they were skipped for another reason (is_supported() False, a
-fault layer unavailable). "not-run" means no test of it ran (--fdpass-only).
+A requirement fails if any of its tests failed; it is "error" if the toolkit
+itself broke while checking it (a bug of ours, never the proxy's outcome);
+"blocked" if a check could not be made because the proxy lacks a capability
+another requirement owns (``blocked_by`` names it: a proxy that serves nothing
+fails FP-02 once, and what needs a served connection is blocked by FP-02,
+not failed again); it passes if at least one test passed and none of the
+above; is n-a if its tests were all skipped as not applicable, and "skip" if
+they were skipped for another reason (is_supported() False, a fault layer
+unavailable). "not-run" means no test of it ran (--fdpass-only).
 """
 
 from __future__ import annotations
@@ -13,17 +18,24 @@ from typing import Any
 
 from ..catalogue import REQUIREMENTS, Requirement
 
-RESULTS = ("pass", "fail", "skip", "n-a", "not-run")
+#: Results in order of precedence: a requirement takes the first one any of its tests has.
+RESULTS = ("fail", "error", "blocked", "pass", "skip", "n-a", "not-run")
 #: The report format's version, bumped when a field changes meaning.
-REPORT_VERSION = 1
+#: 2: results "blocked" and "error"; tests carry ``blocked_by`` and ``details``.
+REPORT_VERSION = 2
 
 
 @dataclass
 class TestOutcome:
     nodeid: str
-    outcome: str  # "pass" | "fail" | "skip" | "n-a"
+    outcome: str  # one of RESULTS but "not-run"
     reason: str = ""
     fault_layer: str = ""
+    #: The requirement whose failure made this check impossible ("blocked" only).
+    blocked_by: str = ""
+    #: The evidence beyond the one-line reason: the full message and the relevant
+    #: lines of the traceback (a failure or an error), empty otherwise.
+    details: str = ""
 
 
 @dataclass
@@ -34,14 +46,13 @@ class RequirementResult:
     @property
     def result(self) -> str:
         outcomes = {t.outcome for t in self.tests}
-        for candidate in ("fail", "pass", "skip", "n-a"):
-            if candidate in outcomes:
-                return candidate
-        return "not-run"
+        return next((r for r in RESULTS if r in outcomes), "not-run")
 
     @property
-    def first_failure(self) -> TestOutcome | None:
-        return next((t for t in self.tests if t.outcome == "fail"), None)
+    def deciding(self) -> TestOutcome | None:
+        """The test whose outcome is the requirement's result: its reason is the row's."""
+        result = self.result
+        return next((t for t in self.tests if t.outcome == result), None)
 
     @property
     def verdict(self) -> str:
@@ -61,7 +72,7 @@ class ImplResults:
         return cls(impl, {r.id: RequirementResult(r) for r in REQUIREMENTS})
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(("pass", "fail", "warn", "skip", "n-a", "not-run"), 0)
+        out = dict.fromkeys((*RESULTS, "warn"), 0)
         for res in self.requirements.values():
             out[res.verdict] += 1
         return out
@@ -81,7 +92,7 @@ class Report:
                 results.requirements[rid].tests.append(outcome)
 
     def passed(self) -> bool:
-        bad = {"fail", "warn"} if self.strict else {"fail"}
+        bad = {"fail", "error", "warn"} if self.strict else {"fail", "error"}
         return not any(
             r.verdict in bad for i in self.impls.values() for r in i.requirements.values()
         )
