@@ -9,6 +9,7 @@ implementation and requirement for the terminal table and the report file.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ def requirement_ids(item: pytest.Item) -> list[str]:
     return [str(a) for m in item.iter_markers("requirement") for a in m.args]
 
 
+#: How pytest prefixes a skip's reason: "Skipped: " or our outcome's exception type.
+_SKIP_PREFIX = re.compile(r"^(Skipped|[\w.]*\.(Blocked|NotApplicable)): ")
+
+
 def _impl_id(item: pytest.Item) -> str:
     callspec = getattr(item, "callspec", None)
     if callspec is not None and "fdpass_impl" in callspec.params:
@@ -44,7 +49,7 @@ def _one_line(report: pytest.TestReport) -> str:
         return str(wasxfail).removeprefix(SHOULD_REASON + ": ")
     longrepr = report.longrepr
     if isinstance(longrepr, tuple):  # a skip: (path, lineno, "Skipped: reason")
-        return str(longrepr[2]).removeprefix("Skipped: ")
+        return _SKIP_PREFIX.sub("", str(longrepr[2]))
     crash = getattr(longrepr, "reprcrash", None)
     text = getattr(crash, "message", None) or str(longrepr or "")
     return text.strip().splitlines()[0] if text.strip() else ""

@@ -20,8 +20,8 @@ from ..harness.server import ProxyServer, read_reply
 from ..leaks.fds import fd_count
 from ..outcomes import blocked, not_applicable
 from .applicability import require_served, served_owner
-from .base import StartServer, SuiteBase
-from .evidence import describe_fds, left_hanging, wait_until
+from .base import StartServer, SuiteBase, needs
+from .evidence import describe_fds, describe_reply, left_hanging, wait_until
 from .faultctl import counted_fault
 from .test_ipc import (
     Baseline,
@@ -208,7 +208,7 @@ def _check_setup_failure(
     assert_released(srv, base.fds, base.ipc, f"{cause}: after {stage} raised and close()")
     extra = srv.add_instance("serving").number
     reply = srv.request_reply(timeout=3.0, inst=extra)
-    assert reply.answered, f"{cause}: a new instance afterwards does not serve ({reply.end})"
+    require_served(srv, reply, f"{cause}: a client of a new instance afterwards", 3.0)
 
 
 class FaultSuite(SuiteBase):
@@ -250,6 +250,7 @@ class FaultSuite(SuiteBase):
         )
 
     @pytest.mark.requirement("FLT-02")
+    @needs("served")
     def test_emfile_from_accept_surfaces_and_dispatch_recovers(self, server: StartServer) -> None:
         srv = server(workers=2)
         srv.set_auto(False)
@@ -271,9 +272,10 @@ class FaultSuite(SuiteBase):
                 again, _took = timed_dispatch(srv, 2.0, 5.0)
                 assert isinstance(again, int), f"the second dispatch after EMFILE raised {again!r}"
             reply = read_reply(second, b"", timeout=3.0)
-            assert reply.answered, f"a client after the EMFILE was not served ({reply.end})"
+            assert reply.answered, f"a client after the EMFILE {describe_reply(reply, 3)}"
 
     @pytest.mark.requirement("FLT-03")
+    @needs("served")
     def test_signals_during_dispatch_do_not_break_it(self, server: StartServer) -> None:
         srv = server(workers=2)
         _fd_passing_only(srv)
@@ -322,6 +324,7 @@ class FaultSuite(SuiteBase):
         )
 
     @pytest.mark.requirement("FLT-03")
+    @needs("served")
     def test_signals_during_accept_do_not_break_it(self, server: StartServer) -> None:
         srv = server(workers=2, worker_setup=_handle_sigusr1)
         srv.request("count_signal", int(signal.SIGUSR1))
@@ -369,6 +372,7 @@ class FaultSuite(SuiteBase):
         _check_setup_failure(srv, base, "open_channels", exc, kept, cause)
 
     @pytest.mark.requirement("FLT-06")
+    @needs("served")
     @pytest.mark.parametrize("variant", ["ctrunc", "extra-fd"])
     def test_doctored_fd_message_leaks_nothing(
         self, server: StartServer, tmp_path: Path, variant: str
