@@ -8,7 +8,8 @@ after taking the fd, so every connection is lost with the worker.
 
 Root cause: FP-02 (no connection reaches a worker that can use it). FP-11
 passes: a worker waits in ``accept`` until a connection arrives, so with no
-dispatch it is still blocked there when the master closes, and sees EOF. What needs a served connection is blocked by FP-02 (``BLOCKED``); the setup,
+dispatch it is still blocked there when the master closes, and sees EOF.
+What needs a served connection is blocked by FP-02 (``BLOCKED``); the setup,
 input and IPC-object checks (IPC-01..IPC-06, IPC-09) are judged and pass.
 """
 
