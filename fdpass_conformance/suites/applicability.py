@@ -121,9 +121,13 @@ def _unserved(server: ProxyServer) -> str:
             return ""
         seen.append(reply)
     crash = server.crash_report(traceback=False)
-    return "no connection reached a worker: " + "; ".join(
-        f"client {n + 1} {describe_reply(r, PROBE_TIMEOUT)}" for n, r in enumerate(seen)
-    ) + (f"; {crash}" if crash else "")
+    return (
+        "no connection reached a worker: "
+        + "; ".join(
+            f"client {n + 1} {describe_reply(r, PROBE_TIMEOUT)}" for n, r in enumerate(seen)
+        )
+        + (f"; {crash}" if crash else "")
+    )
 
 
 def _line(exc: BaseException) -> str:
