@@ -64,8 +64,10 @@ class MissingMethod(NotImplementedError):
 
     def __init__(self, method: str, owner: str, detail: str = "") -> None:
         super().__init__(f"the implementation has no {method}(){detail}")
-        self.method = method
-        self.owner = owner
+        self.method, self.owner, self.detail = method, owner, detail
+
+    def __reduce__(self) -> tuple[object, ...]:  # it crosses the control channel pickled
+        return (type(self), (self.method, self.owner, self.detail), self.__dict__)
 
 
 def not_applicable(why: str) -> NoReturn:

@@ -426,9 +426,22 @@ class ProxyServer:
                 raise HarnessError(f"proxy_server: {crash}")
             if time.monotonic() > deadline:
                 raise HarnessError(
-                    f"proxy_server: waited {wait}s for {count} {kind!r} event(s), got {len(found)}"
+                    f"proxy_server: waited {wait}s for {count} {kind!r} event(s), got "
+                    f"{len(found)}; {self.events_seen()}"
                 )
             self.events.drain(0.05)
+
+    def events_seen(self) -> str:
+        """What the processes reported, compactly: the evidence of a wait that failed."""
+        counts: dict[str, int] = {}
+        for e in self.events.events:
+            who = "master" if e.role == "master" else f"worker {e.index}"
+            why = e.detail.get("errno")
+            label = f"{who} {e.kind}" + (f" (errno {why})" if why else "")
+            counts[label] = counts.get(label, 0) + 1
+        if not counts:
+            return "no event from any process"
+        return "seen: " + ", ".join(f"{k} x{n}" if n > 1 else k for k, n in counts.items())
 
     def crash_report(self, exclude: set[int] | None = None, traceback: bool = True) -> str:
         """The first crash of a harness process (``worker 0 (pid N) crashed: ...``), or ''."""

@@ -11,7 +11,8 @@ import pytest
 
 from ..harness.master_role import LISTENER
 from ..harness.server import ProxyServer, Reply, read_reply
-from .applicability import require_served
+from ..outcomes import blocked
+from .applicability import require_served, served_owner
 from .base import StartServer, SuiteBase, needs
 from .evidence import (
     assert_fd_counts_flat,
@@ -86,7 +87,9 @@ class FdPassingSuite(SuiteBase):
         srv = _manual(server(workers=2))
         with srv.connect() as client:
             client.sendall(b"fp03")
-            srv.dispatch(timeout=5.0)
+            outcome = outcome_of(lambda: srv.dispatch(timeout=5.0))
+            if not isinstance(outcome, int):  # nothing was dispatched: FP-02 says why
+                blocked(served_owner(True), f"dispatch of a waiting client gave {outcome!r}")
             held = [f for f in srv.fds("master") if f.kind == "tcp"]
             assert not held, "after dispatch the master still holds " + "; ".join(
                 f.describe(srv.master_pid or 0) for f in held
