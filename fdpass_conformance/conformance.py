@@ -152,6 +152,9 @@ class ConformancePlugin:
         if exc is not None and outcome in ("fail", "error") and call.excinfo is not None:
             text = outcomes.details(exc, call.excinfo.tb)
             report.user_properties.append((outcomes.DETAILS, text))
+            waited = outcomes.timeout_reason(exc, call.excinfo.tb)
+            if waited:
+                report.user_properties.append((outcomes.REASON, waited))
         if (
             not self.strict
             and outcome == "fail"
@@ -184,7 +187,7 @@ class ConformancePlugin:
                 TestOutcome(
                     report.nodeid,
                     outcome,
-                    _one_line(report),
+                    str(props.get(outcomes.REASON) or _one_line(report)),
                     layer,
                     str(props.get(outcomes.BLOCKED_BY, "")),
                     str(props.get(outcomes.DETAILS, "")),

@@ -119,6 +119,13 @@ PYTHON_ONLY_OPS = {
     "the harness's master cannot make the program's own system calls fail with EINTR",
 }
 
+#: Why a master dies of SIGPIPE, and the fix (checked: /work/shared/facts.md).
+SIGPIPE_PITFALL = (
+    "a send to a dead worker raised SIGPIPE: every send on a channel needs MSG_NOSIGNAL "
+    "(in Python, socket.send_fds() drops its flags argument, CPython gh-107898: call "
+    "sock.sendmsg(buffers, [(SOL_SOCKET, SCM_RIGHTS, fds)], socket.MSG_NOSIGNAL) instead)"
+)
+
 #: Steps of ``ProxyServer.start``, in order; ``upto`` stops after one of them.
 STEPS = ("constructed", "listening", "channels", "serving")
 
@@ -309,7 +316,7 @@ class ProxyServer:
             self._reap_master(deadline=1.0)
             raise HarnessError(
                 f"proxy_server: master pid {self._master_pid} exited during {op!r} "
-                f"(status {self._describe_status()}){self._crash_note()}"
+                f"(status {self._describe_status()}){self._crash_note()}{self._pitfall()}"
             ) from None
         if status == "ok":
             return value
@@ -502,6 +509,13 @@ class ProxyServer:
         if os.WIFSIGNALED(s):
             return f"killed by {signal.Signals(os.WTERMSIG(s)).name}"
         return f"exit {os.WEXITSTATUS(s)}"
+
+    def _pitfall(self) -> str:
+        """A known cause of this death, when the status points at one."""
+        s = self._master_status
+        if s is not None and os.WIFSIGNALED(s) and os.WTERMSIG(s) == signal.SIGPIPE:
+            return f"; {SIGPIPE_PITFALL}"
+        return ""
 
     def _crash_note(self) -> str:
         self.events.drain()

@@ -6,7 +6,8 @@ plugin; the JSON report must say, for each, what happened: a check that raises
 (a ``KeyError`` in the check's own code) is ``error`` with the traceback in
 ``details``, while the same kind of exception raised by the implementation
 inside the server's master is the proxy's ``fail``, and a failed assertion is
-a ``fail`` whose details hold the whole message.
+a ``fail`` whose details hold the whole message; a check cut off by
+pytest-timeout says what it was still waiting for.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from .helpers import INNER_TIMEOUT
 pytestmark = pytest.mark.timeout(INNER_TIMEOUT * 3)
 
 CHECKS = """
+import time
+
 import pytest
 from fdpass_conformance.harness.server import running
 from fdpass_conformance.outcomes import blocked, not_applicable
@@ -29,6 +32,17 @@ from reference import MasterProxy
 class TypeErrorProxy(MasterProxy):
     def create_socket(self, port, protocol="tcp"):
         raise TypeError("create_socket: the proxy's own bug")
+
+
+class SleepyProxy(MasterProxy):
+    def create_socket(self, port, protocol="tcp"):
+        time.sleep(30)
+
+
+@pytest.mark.requirement("SP-05")
+def test_hangs(fdpass_impl):
+    with running(SleepyProxy, workers=1):
+        pass
 
 
 @pytest.mark.requirement("SP-16")
@@ -67,6 +81,7 @@ def test_missing_method(fdpass_impl):
 
 def test_each_outcome_is_reported_as_what_happened(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_checks=CHECKS)
+    pytester.makeini("[pytest]\nfdpass_timeout = 3\n")
     report = pytester.path / "r.json"
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--fdpass-impl=reference:MasterProxy",
@@ -92,6 +107,9 @@ def test_each_outcome_is_reported_as_what_happened(pytester: pytest.Pytester) ->
     assert "the proxy's own bug" in only("SP-03")["reason"]
     assert by_id["SP-04"]["result"] == "fail", out
     assert "second line of evidence" in only("SP-04")["details"]
+    assert by_id["SP-05"]["result"] == "fail", out  # cut off by pytest-timeout
+    assert only("SP-05")["reason"].startswith("Timeout (>3.0s): still waiting in "), only("SP-05")
+    assert "called from test_hangs" in only("SP-05")["reason"], only("SP-05")
     assert by_id["FP-01"]["result"] == "blocked", out  # a method the proxy lacks
     assert only("FP-01")["blocked_by"] == "SP-01"
     assert "error" in result.outlines[-1] or result.ret != 0  # an error fails the gate
