@@ -16,7 +16,7 @@ from ..catalogue import BY_ID, applicable
 from ..fixtures.server import ProxyServerFactory
 from ..harness.server import ProxyServer
 from ..outcomes import blocked, not_applicable
-from .applicability import CONSTRUCTED, Facts, facts_for
+from .applicability import CONSTRUCTED, facts_for
 
 #: ``@needs("served")``: the check needs a connection served end to end; when the
 #: proxy has shown it serves none, the check is blocked by the owner at once.
@@ -70,11 +70,6 @@ class SuiteBase:
             short = facts.shortfalls.get(name)
             if short is not None and short.owner not in ids:
                 blocked(short.owner, short.why)
-
-    @pytest.fixture
-    def facts(self, impl: Callable[[], object]) -> Facts:
-        """What the implementation showed it is and can do (cached per factory)."""
-        return facts_for(impl)
 
     @pytest.fixture
     def server(self, impl: Callable[[], object], proxy_server: ProxyServerFactory) -> StartServer:

@@ -12,7 +12,7 @@ import pytest
 from ..harness.master_role import LISTENER
 from ..harness.server import ProxyServer, Reply, read_reply
 from ..outcomes import blocked
-from .applicability import require_served, served_owner
+from .applicability import require_served, served, served_owner
 from .base import StartServer, SuiteBase, needs
 from .evidence import (
     assert_fd_counts_flat,
@@ -113,7 +113,7 @@ class FdPassingSuite(SuiteBase):
     def test_received_sockets_are_cloexec(self, server: StartServer) -> None:
         srv = server(workers=2)
         for n in range(4):
-            reply = require_served(srv, srv.request_reply(), f"connection {n}")
+            reply = served(srv, f"connection {n}")
             assert reply.cloexec is True, "the worker received an inheritable socket"
 
     @pytest.mark.requirement("FP-06")
@@ -126,7 +126,7 @@ class FdPassingSuite(SuiteBase):
         srv.call("open_channels", 3)
         srv.fork_workers()
         for n in range(3):  # the first dispatch is when the master drops the worker ends
-            require_served(srv, srv.request_reply(), f"connection {n}")
+            served(srv, f"connection {n}")
         master = unix_sockets(srv.master_pid) - inherited
         workers = [unix_sockets(pid) - inherited for pid in srv.worker_pids]
         for i, ends in enumerate(workers):
@@ -187,7 +187,7 @@ class FdPassingSuite(SuiteBase):
     def test_dispatch_timeout(self, server: StartServer) -> None:
         srv = server(workers=2)
         # past the first dispatch, which drops worker ends, before the fd baseline
-        require_served(srv, srv.request_reply(), "the warm-up connection")
+        served(srv, "the warm-up connection")
         _manual(srv)
         before = fd_counts(srv)
         started = time.monotonic()
@@ -257,9 +257,9 @@ class FdPassingSuite(SuiteBase):
     @needs("served")
     def test_full_fd_table_in_a_worker(self, server: StartServer) -> None:
         srv = server(workers=1)
-        require_served(srv, srv.request_reply(), "the warm-up connection")
+        served(srv, "the warm-up connection")
         before = fd_counts(srv, ["worker 0"])
-        require_served(srv, srv.request_reply(b"fill"), "the request that fills the fd table")
+        served(srv, "the request that fills the fd table", data=b"fill")
         srv.wait_events("filled", 1)
         victim = srv.request_reply(timeout=5.0)
         assert not victim.answered and victim.end in ("eof", "reset"), (

@@ -13,7 +13,7 @@ from ..contract import ProtocolType
 from ..harness.server import HarnessError, ProxyServer, read_reply
 from ..leaks.ports import port_is_free
 from ..outcomes import not_applicable
-from .applicability import require_served
+from .applicability import require_served, served
 from .base import StartServer, SuiteBase, needs
 from .evidence import assert_fd_counts_flat, describe_reply, fd_counts, free_port, outcome_of
 from .faultctl import counted_fault
@@ -180,7 +180,7 @@ class SocketProxySuite(SuiteBase):
     def test_served_by_workers(self, server: StartServer) -> None:
         srv = server(workers=2)
         for n in range(4):
-            reply = require_served(srv, srv.request_reply(), f"connection {n}")
+            reply = served(srv, f"connection {n}")
             assert reply.pid != srv.master_pid, "served by the master"
             assert reply.pid in srv.worker_pids, f"served by pid {reply.pid}, not a worker"
 
@@ -189,7 +189,7 @@ class SocketProxySuite(SuiteBase):
     def test_client_sees_eof_when_the_worker_closes(self, server: StartServer) -> None:
         srv = server(workers=2)
         for n in range(4):
-            reply = require_served(srv, srv.request_reply(timeout=3.0), f"connection {n}", 3.0)
+            reply = served(srv, f"connection {n}", timeout=3.0)
             assert reply.end == "eof", (
                 f"the worker closed the connection but the client saw {reply.end}: "
                 "another process still holds a copy"
@@ -204,7 +204,7 @@ class SocketProxySuite(SuiteBase):
         if srv.fd_passing:
             srv.call("open_channels", 2)
         srv.fork_workers()
-        require_served(srv, srv.request_reply(), "the connection before close()")
+        served(srv, "the connection before close()")
         if srv.fd_passing:
             srv.set_auto(False)
         srv.call("close")
@@ -255,7 +255,7 @@ class SocketProxySuite(SuiteBase):
     def test_fd_counts_flat_over_200_connections(self, server: StartServer) -> None:
         srv = server(workers=2)
         for n in range(4):
-            require_served(srv, srv.request_reply(), f"warm-up connection {n}")
+            served(srv, f"warm-up connection {n}")
         before = fd_counts(srv)
         for n in range(200):
             reply = srv.request_reply()
@@ -315,6 +315,6 @@ class SocketProxySuite(SuiteBase):
     def test_accepted_sockets_are_blocking_and_cloexec(self, server: StartServer) -> None:
         srv = server(workers=2)
         for n in range(4):
-            reply = require_served(srv, srv.request_reply(), f"connection {n}")
+            reply = served(srv, f"connection {n}")
             assert reply.nonblock is False, "accept() returned a non-blocking socket"
             assert reply.cloexec is True, "accept() returned an inheritable socket"
