@@ -41,7 +41,7 @@ from ..contract import ProtocolType
 from ..harness.worker_role import WorkerGone
 from .procfs import RemoteFdFiller, fd_flags
 from .program import Hello, Launch, WorkerLink, default_deadline, probe, still_holds
-from .wire import ProgramError
+from .wire import ProgramDefect, ProgramError
 
 
 class RemoteSocket(socket.socket):
@@ -323,6 +323,8 @@ class ExecProxy:
             seconds = None if timeout is None else float(timeout) + self._factory.deadline
         try:
             return launch.call(op, args, want_fd, seconds)
+        except ProgramDefect:
+            raise  # the program answered: a defect of the call, and the program goes on
         except ProgramError as exc:
             raise self._fail(exc) from None
 
