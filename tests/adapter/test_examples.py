@@ -170,7 +170,7 @@ def test_php_example_passes_every_must_php_allows(pytester: pytest.Pytester) -> 
     impl = f"exec:{PHP} {PHP_DIR / 'masterproxy.php'}"
     result, report, _ = run_suites(pytester, impl)
     assert failed(report) <= PHP_BINDING_LIMITS, result.stdout.str()[-3000:]
-    header = "fdpass: implementations: php-masterproxy: php, adapter protocol 1"
+    header = "fdpass: implementations: php-masterproxy: php, adapter protocol 2"
     assert header in result.outlines
     assert_nothing_left(str(PHP_DIR / "masterproxy.php"))
 
