@@ -21,7 +21,9 @@ import pytest
 pytestmark = pytest.mark.timeout(600)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-C_SOURCE = EXAMPLES / "c-masterproxy" / "masterproxy.c"
+C_DIR = EXAMPLES / "c-masterproxy"
+#: The proxy and the kit it runs on.
+C_SOURCES = [C_DIR / "masterproxy.c", C_DIR / "fdpass_adapter.c"]
 PHP_DIR = EXAMPLES / "php-masterproxy"
 CC = shutil.which("cc")
 PHP = shutil.which("php")
@@ -51,11 +53,11 @@ needs_cc = pytest.mark.skipif(CC is None, reason="needs a C compiler (cc)")
 needs_php = pytest.mark.skipif(bool(_php_reason()), reason=_php_reason() or "php is ready")
 
 
-def build(out: Path, *flags: str) -> Path:
-    """The C example, compiled warning-free (-Wall -Werror) with ``flags``."""
+def build(out: Path, *flags: str, sources: list[Path] = C_SOURCES) -> Path:
+    """A C program on the kit, compiled warning-free (-Wall -Werror) with ``flags``."""
     assert CC is not None
     done = subprocess.run(
-        [CC, "-O2", "-Wall", "-Werror", *flags, "-o", str(out), str(C_SOURCE)],
+        [CC, "-O2", "-Wall", "-Werror", *flags, "-o", str(out), *map(str, sources)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -122,7 +124,7 @@ def test_c_example_passes_every_must(pytester: pytest.Pytester) -> None:
     assert musts_failed(report) == set(), result.stdout.str()[-3000:]
     assert failed(report) == set(), "a SHOULD failed too"
     assert result.ret == 0
-    assert "fdpass: implementations: c-masterproxy: c, adapter protocol 1" in result.outlines
+    assert "fdpass: implementations: c-masterproxy: c, adapter protocol 2" in result.outlines
     assert_nothing_left(str(binary))
 
 
