@@ -175,6 +175,28 @@ final class Fdpass
         throw FdpassError::os(SOCKET_EBADF, "no fd of this process is $link");
     }
 
+    /**
+     * Run a library call whose exceptions carry no errno. A call of the sockets
+     * extension that failed inside it left its errno in socket_last_error(), cleared
+     * first so that it is never an earlier call's; \InvalidArgumentException is the
+     * contract's ValueError. \Error (a bug) passes through: the kit reports it.
+     */
+    public static function withErrno(string $op, callable $fn): mixed
+    {
+        socket_clear_error();
+        try {
+            return $fn();
+        } catch (FdpassError $e) {
+            throw $e;
+        } catch (\InvalidArgumentException $e) {
+            throw new FdpassError('ValueError', "$op: " . $e->getMessage());
+        } catch (\Exception $e) {
+            $errno = socket_last_error();
+            throw $errno ? FdpassError::os($errno, "$op: " . $e->getMessage())
+                : new FdpassError('OSError', "$op: " . $e->getMessage());
+        }
+    }
+
     /** The errno behind a warning text (some PHP calls report strerror(), not the errno). */
     public static function errnoFromText(string $text, int $default): int
     {

@@ -25,6 +25,10 @@ C_DIR = EXAMPLES / "c-masterproxy"
 #: The proxy and the kit it runs on.
 C_SOURCES = [C_DIR / "masterproxy.c", C_DIR / "fdpass_adapter.c"]
 PHP_DIR = EXAMPLES / "php-masterproxy"
+#: A third-party-style PHP library (unmodified) and its wrapper on the PHP kit.
+ACME_DIR = EXAMPLES / "php" / "acme-proxy"
+#: How long a wrapper of a PHP proxy library may be, on top of the kit (issue 15).
+WRAPPER_LINES = 120
 CC = shutil.which("cc")
 PHP = shutil.which("php")
 PHP_EXTENSIONS = {"sockets", "sysvmsg", "pcntl", "posix"}
@@ -185,3 +189,31 @@ def test_php_broken_twin_fails_exactly_its_requirements(pytester: pytest.Pyteste
     assert result.ret == 1
     assert "mode=0666" in summary_line(result, "IPC-05")
     assert_nothing_left(str(PHP_DIR / "masterproxy-broken.php"))
+
+
+@needs_php
+def test_a_wrapped_third_party_php_class_passes_every_requirement_that_applies(
+    pytester: pytest.Pytester,
+) -> None:
+    """The library is shared-listener: SP applies, FP and IPC are n/a; nothing fails."""
+    wrapper = ACME_DIR / "fdpass-wrapper.php"
+    result, report, _ = run_suites(pytester, f"exec:{PHP} {wrapper}")
+    assert failed(report) == set(), result.stdout.str()[-3000:]
+    assert result.ret == 0
+    [impl] = report["implementations"]
+    verdicts = {r["id"]: r["result"] for r in impl["requirements"]}
+    assert {rid for rid, v in verdicts.items() if rid.startswith("SP-") and v != "pass"} == {
+        "SP-15"  # no SO_REUSEPORT: n/a
+    }, verdicts
+    assert "fdpass: implementations: acme-forking-proxy: php, adapter protocol 2" in (
+        result.outlines
+    )
+    assert_nothing_left(str(wrapper))
+
+
+def test_the_third_party_wrapper_is_small_and_the_library_untouched() -> None:
+    wrapper = (ACME_DIR / "fdpass-wrapper.php").read_text(encoding="utf-8")
+    assert len(wrapper.splitlines()) <= WRAPPER_LINES
+    library = (ACME_DIR / "ForkingProxy.php").read_text(encoding="utf-8")
+    assert "Fdpass" not in library and "require" not in library, "the library uses the kit"
+    assert "require __DIR__ . '/../fdpass_adapter.php';" in wrapper
