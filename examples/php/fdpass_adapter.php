@@ -284,10 +284,10 @@ final class Fdpass
             // The arguments the kit passed, as the contract's TypeError; anything else is a bug.
             [$text] = explode(', called in ' . __FILE__, $e->getMessage());
             $ours = $text !== $e->getMessage() && !$e instanceof \ArgumentCountError;
-            self::sendError($ours ? 'TypeError' : 'internal', "$op: " . ($ours ? $text : self::where($e)));
+            self::sendError($ours ? 'TypeError' : 'internal', $ours ? "$op: $text" : self::where($e));
             return;
         } catch (\Error $e) {
-            self::sendError('internal', "$op: " . self::where($e));
+            self::sendError('internal', self::where($e)); // the adapter names the op
             return;
         } catch (\Throwable $e) {
             self::sendError('OSError', "$op: " . get_class($e) . ': ' . $e->getMessage());
