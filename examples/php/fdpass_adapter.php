@@ -48,11 +48,12 @@ class FdpassError extends Exception
         return new self('OSError', "$what: " . socket_strerror($errno), $errno);
     }
 
-    /** OSError with the errno of the last failed call of the sockets extension. */
+    /** OSError with the errno of the last failed call of the sockets extension; without
+     * errno if there is none (an errno is never made up). */
     public static function socket(?Socket $sock, string $what): self
     {
         $errno = $sock === null ? socket_last_error() : socket_last_error($sock);
-        return self::os($errno ?: SOCKET_EIO, $what);
+        return $errno ? self::os($errno, $what) : new self('OSError', $what);
     }
 }
 

@@ -231,10 +231,17 @@ class ExecProxy:
         if link is not None:
             if not state.closed:
                 state.closed = True
-                with contextlib.suppress(ProgramError, WorkerGone):  # gone: released all
+                defect: ProgramDefect | None = None
+                try:
                     link.call("close", {}, seconds=self._factory.deadline)
+                except ProgramDefect as exc:
+                    defect = exc  # a bug in the worker's close: the implementation's to fix
+                except (ProgramError, WorkerGone):
+                    pass  # gone: it released everything
                 state.closing = True
                 link.chan.close()
+                if defect is not None:
+                    raise defect
             return
         if os.getpid() != state.owner or state.launch is None:
             return  # a forked non-worker, or never started: nothing of ours to release

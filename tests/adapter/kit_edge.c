@@ -4,7 +4,8 @@
  * create_socket(2) hits a bug (its handler sends no reply), any other port gives a
  * listener; accept() blocks until a client comes; open_channels & co. are missing.
  * EDGE_CAP picks the capability; EDGE_MODE=die-between-calls makes is_supported()
- * schedule SIGALRM, whose default action kills the program one second later.
+ * schedule SIGALRM, whose default action kills the program one second later;
+ * EDGE_MODE=close-bug makes close() in a worker hit a bug.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -73,7 +74,10 @@ static void release(int fd) {
 }
 
 static void close_all(const struct fdpass_request *rq) {
+    const char *mode = getenv("EDGE_MODE");
     (void)rq;
+    if (mode && !strcmp(mode, "close-bug") && fdpass_worker_index() >= 0)
+        return; /* the bug: no reply */
     while (nlisteners)
         close(listeners[--nlisteners]);
     fdpass_reply_null();

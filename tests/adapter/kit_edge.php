@@ -5,7 +5,8 @@
  * create_socket(2) hits a bug (an undefined method), any other port gives a
  * listener; accept() blocks until a client comes; open_channels & co. are missing.
  * EDGE_CAP picks the capability; EDGE_MODE=die-between-calls makes is_supported()
- * schedule SIGALRM, whose default action kills the program one second later.
+ * schedule SIGALRM, whose default action kills the program one second later;
+ * EDGE_MODE=close-bug makes close() in a worker hit a bug.
  */
 declare(strict_types=1);
 
@@ -52,6 +53,9 @@ final class EdgeProxy
 
     public function close(): void
     {
+        if (getenv('EDGE_MODE') === 'close-bug' && Fdpass::workerIndex() !== null) {
+            close_all_the_things(); // the bug: no such function
+        }
         foreach ($this->listeners as $sock) {
             if (Fdpass::isOpen($sock)) {
                 socket_close($sock);

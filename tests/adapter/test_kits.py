@@ -6,6 +6,7 @@ dies between calls. Each kit runs a small proxy that goes wrong on purpose (kit_
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -196,6 +197,31 @@ def test_a_program_that_dies_between_calls_is_one_line_at_the_next(
     assert f"master (pid {pid}) ended during 'is_supported' (killed by SIGALRM)" in str(
         info.value
     ), str(info.value)
+
+
+def test_a_bug_in_a_workers_close_reaches_its_driver(
+    edge: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() in the harness's worker (the driver, a forked process) raises the program
+    worker's defect instead of swallowing it as "the worker is gone"."""
+    proxy = factory(edge, monkeypatch, mode="close-bug")()
+    proxy.create_socket(0)
+    proxy.fdpass_spawn_worker(0)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the driver
+        code = 3
+        try:
+            assert proxy.is_supported() is True  # the driver takes worker 0's connection
+            proxy.close()
+            code = 1
+        except ProgramDefect as exc:
+            code = 0 if "during 'close'" in str(exc) else 2
+        finally:
+            os._exit(code)
+    proxy.fdpass_worker_forked(0)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the driver's close() hid the defect"
+    proxy.close()
 
 
 def test_the_c_kit_builds_warning_free_with_wextra(tmp_path: Path) -> None:
