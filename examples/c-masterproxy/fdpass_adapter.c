@@ -549,7 +549,7 @@ static void handle(const char *line) {
         with_listener(&rq, fd);
     }
     if (!strcmp(op, "close"))
-        nhanded = 0; /* a master's listeners are the proxy's: its close closed them */
+        nhanded = ninherited = 0; /* listeners are the proxy's: its close closed them */
     if (!replied)
         fdpass_reply_error("internal", 0, "%s: the %s handler sent no reply", proxy->name, op);
 }

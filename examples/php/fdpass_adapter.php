@@ -362,7 +362,7 @@ final class Fdpass
                 }
             }
         }
-        self::$handedOut = []; // a master's listeners are the proxy's: its close() closed them
+        self::$handedOut = self::$inherited = []; // listeners are the proxy's: its close() closed them
         return null;
     }
 
