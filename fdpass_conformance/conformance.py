@@ -194,6 +194,13 @@ class ConformancePlugin:
                 ),
             )
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """A blocked check whose blocker did not fail here hides its cause: not a pass."""
+        orphans = any(i.orphan_blocks() for i in self.report.impls.values())
+        if orphans and exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
         for impl in self.report.impls.values():
@@ -202,6 +209,12 @@ class ConformancePlugin:
                 tr.write_line(_row(res), **_markup(res.verdict))
             counts = ", ".join(f"{v} {k}" for k, v in impl.counts().items() if v)
             tr.write_line(f"{impl.impl}: {counts}")
+            for orphan in impl.orphan_blocks():
+                tr.write_line(
+                    f"{orphan}, which did not fail in this run: the cause is not in this "
+                    "report, so the gate fails (run the blocker too)",
+                    red=True,
+                )
         if self.report_path and self.report.impls:
             files.write(self.report, self.report_path)
             tr.write_line(f"fdpass report written to {self.report_path}")

@@ -71,6 +71,20 @@ class ImplResults:
     def empty(cls, impl: str) -> ImplResults:
         return cls(impl, {r.id: RequirementResult(r) for r in REQUIREMENTS})
 
+    def orphan_blocks(self) -> list[str]:
+        """Blocked requirements whose blocker did not fail in this run (it passed, or was
+        not run): their cause is not in the report, so the gate must not pass on them."""
+        out = []
+        for res in self.requirements.values():
+            if res.result != "blocked":
+                continue
+            for test in res.tests:
+                blocker = self.requirements.get(test.blocked_by)
+                if test.outcome == "blocked" and (blocker is None or blocker.result != "fail"):
+                    out.append(f"{res.requirement.id} blocked by {test.blocked_by}")
+                    break
+        return out
+
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys((*RESULTS, "warn"), 0)
         for res in self.requirements.values():
@@ -95,7 +109,7 @@ class Report:
         bad = {"fail", "error", "warn"} if self.strict else {"fail", "error"}
         return not any(
             r.verdict in bad for i in self.impls.values() for r in i.requirements.values()
-        )
+        ) and not any(i.orphan_blocks() for i in self.impls.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {
