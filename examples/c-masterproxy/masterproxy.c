@@ -18,6 +18,8 @@
  *   -DBROKEN_NO_CLOEXEC  workers receive connections without MSG_CMSG_CLOEXEC
  *                        (the broken twin: fails FP-05 and SP-20)
  *   -DEXIT_ON_REQUEST=N  the master exits (status 3) on its N-th request
+ *   -DBROKEN_NO_ERRNO    (a switch of the kit) error replies carry no errno, as from
+ *                        a library whose exceptions have none
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>

@@ -33,6 +33,10 @@ CC = shutil.which("cc")
 PHP = shutil.which("php")
 PHP_EXTENSIONS = {"sockets", "sysvmsg", "pcntl", "posix"}
 
+#: What -DBROKEN_NO_ERRNO breaks: error replies carry no errno (as from a library whose
+#: exceptions have none), so every requirement that names the errno of a failure fails,
+#: each on its own check; nothing is blocked and nothing else fails.
+C_NO_ERRNO_BREAKS = {"SP-08", "SP-18", "IPC-06", "FLT-02", "FLT-04"}
 #: What -DBROKEN_NO_CLOEXEC breaks: received connections are inheritable.
 C_TWIN_BREAKS = {"FP-05", "SP-20"}
 #: What masterproxy-broken.php breaks: the seed's 0666 queue.
@@ -139,6 +143,24 @@ def test_c_broken_twin_fails_exactly_its_requirements(pytester: pytest.Pytester)
     assert failed(report) == C_TWIN_BREAKS, result.stdout.str()[-3000:]
     assert result.ret == 1
     assert "the worker received an inheritable socket" in summary_line(result, "FP-05")
+    assert_nothing_left(str(binary))
+
+
+@needs_cc
+def test_c_program_without_errnos_fails_exactly_the_errno_requirements(
+    pytester: pytest.Pytester,
+) -> None:
+    binary = build(pytester.path / "masterproxy-no-errno", "-DBROKEN_NO_ERRNO")
+    result, report, _ = run_suites(pytester, f"exec:{binary}")
+    assert failed(report) == C_NO_ERRNO_BREAKS, result.stdout.str()[-3000:]
+    others = {
+        r["id"]: r["result"]
+        for impl in report["implementations"]
+        for r in impl["requirements"]
+        if r["result"] in ("blocked", "error")
+    }
+    assert not others, f"blocked or toolkit errors: {others}"
+    assert "errno is None, not EADDRINUSE" in summary_line(result, "SP-08")
     assert_nothing_left(str(binary))
 
 
