@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from fdpass_conformance.adapter import (
@@ -28,6 +27,7 @@ from fdpass_conformance.adapter.program import Launch
 from fdpass_conformance.adapter.wire import encode
 
 from .test_examples import C_DIR, CC, PHP, build, needs_cc, needs_php
+from .test_proxy import gone
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -119,18 +119,6 @@ def test_a_missing_method_is_unsupported(edge: list[str], monkeypatch: pytest.Mo
     proxy.close()
 
 
-def _gone(pid: int, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.fixture
 def launch(edge: list[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Launch]:
     monkeypatch.setenv("EDGE_CAP", "shared-listener")
@@ -163,11 +151,11 @@ def test_a_worker_blocked_in_accept_serves_a_client_and_ends_with_the_adapter(
         # Worker 1 blocks in accept (no client); it must end once the adapter goes away.
         links[1].chan.send(encode("accept", {"listener": result["fd"]}))
         time.sleep(0.3)
-        assert not _gone(pids[1], 0.0), "the worker did not block in accept"
+        assert not gone(pids[1], 0.0), "the worker did not block in accept"
         links[1].chan.close()
-        assert _gone(pids[1], 3.0), "a worker blocked in accept outlived the adapter's end"
+        assert gone(pids[1], 3.0), "a worker blocked in accept outlived the adapter's end"
         links[0].chan.close()
-        assert _gone(pids[0], 3.0)
+        assert gone(pids[0], 3.0)
     finally:
         listener.close()
 
@@ -189,7 +177,7 @@ def test_a_program_that_dies_between_calls_is_one_line_at_the_next(
     proxy = factory(edge, monkeypatch, mode="die-between-calls")()
     pid = proxy.fdpass_impl_pid()
     assert proxy.is_supported() is True  # and SIGALRM kills it a second later
-    assert _gone(pid, 5.0)
+    assert gone(pid, 5.0)
     started = time.monotonic()
     with pytest.raises(ProgramError) as info:
         proxy.is_supported()
