@@ -283,7 +283,7 @@ class ProxyServer:
     def request(self, op: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Run a master operation; re-raise its exception here, remote traceback attached."""
         if self._ctl is None:
-            raise HarnessError("proxy_server: not started")
+            raise HarnessError("fdpass_proxy_server: not started")
         if self.exec_impl and op in PYTHON_ONLY_OPS:
             import pytest
 
@@ -299,13 +299,13 @@ class ProxyServer:
             status, value, tb = recv_msg(self._ctl, wait)
         except WireTimeout:
             raise HarnessError(
-                f"proxy_server: master pid {self._master_pid} did not finish {op!r} within "
+                f"fdpass_proxy_server: master pid {self._master_pid} did not finish {op!r} within "
                 f"{wait}s (the implementation hangs in this step)"
             ) from None
         except WireClosed:
             self._reap_master(deadline=1.0)
             raise HarnessError(
-                f"proxy_server: master pid {self._master_pid} exited during {op!r} "
+                f"fdpass_proxy_server: master pid {self._master_pid} exited during {op!r} "
                 f"(status {self._describe_status()}){self._crash_note()}"
             ) from None
         if status == "ok":
@@ -333,7 +333,7 @@ class ProxyServer:
     def connect(self, timeout: float = 5.0, inst: int = 0) -> socket.socket:
         port = self.instances[inst].port if self.instances else None
         if port is None:
-            raise HarnessError("proxy_server: no listener yet")
+            raise HarnessError("fdpass_proxy_server: no listener yet")
         return socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
     def request_reply(self, data: bytes = b"ping", timeout: float = 5.0, inst: int = 0) -> Reply:
@@ -369,7 +369,9 @@ class ProxyServer:
             deadline = time.monotonic() + wait
             while not _gone_or_zombie(pid):
                 if time.monotonic() > deadline:
-                    raise HarnessError(f"proxy_server: worker {index} (pid {pid}) survived {sig}")
+                    raise HarnessError(
+                        f"fdpass_proxy_server: worker {index} (pid {pid}) survived {sig}"
+                    )
                 time.sleep(0.002)
 
     def set_nofile(self, who: str | int, soft: int) -> tuple[int, int]:
@@ -416,12 +418,14 @@ class ProxyServer:
             if crash:
                 d = crash[0].detail
                 raise HarnessError(
-                    f"proxy_server: {crash[0].role} {crash[0].index} (pid {crash[0].pid}) crashed: "
+                    f"fdpass_proxy_server: {crash[0].role} {crash[0].index} "
+                    f"(pid {crash[0].pid}) crashed: "
                     f"{d.get('type')}: {d.get('message')}\n{d.get('traceback', '')}"
                 )
             if time.monotonic() > deadline:
                 raise HarnessError(
-                    f"proxy_server: waited {wait}s for {count} {kind!r} event(s), got {len(found)}"
+                    f"fdpass_proxy_server: waited {wait}s for {count} {kind!r} event(s), "
+                    f"got {len(found)}"
                 )
             self.events.drain(0.05)
 
