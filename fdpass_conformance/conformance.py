@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from . import outcomes
 from .catalogue import BY_ID
 from .harness.isolation import isolation_mode
 from .report import files
@@ -128,14 +129,28 @@ class ConformancePlugin:
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        """A failed SHOULD test becomes an xfail (a warning) unless --fdpass-strict."""
+        """Carry the outcome as data, and make a failed SHOULD test an xfail (a warning)
+        unless --fdpass-strict. A toolkit error or a blocked check is never a SHOULD warning."""
         report = yield
         ids = requirement_ids(item)
+        if not ids or report.passed:
+            return report
+        exc = call.excinfo.value if call.excinfo is not None else None
+        outcome, blocked_by = outcomes.classify(exc, report.failed)
+        if outcome == "blocked" and report.failed:  # MissingMethod escaped a check
+            report.outcome = "skipped"
+            report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {exc}")
+        if outcome:
+            report.user_properties.append((outcomes.OUTCOME, outcome))
+        if blocked_by:
+            report.user_properties.append((outcomes.BLOCKED_BY, blocked_by))
+        if exc is not None and outcome in ("fail", "error") and call.excinfo is not None:
+            text = outcomes.details(exc, call.excinfo.tb)
+            report.user_properties.append((outcomes.DETAILS, text))
         if (
             not self.strict
+            and outcome == "fail"
             and report.when == "call"
-            and report.failed
-            and ids
             and all(BY_ID[i].level == "SHOULD" for i in ids if i in BY_ID)
         ):
             report.outcome = "skipped"
@@ -143,24 +158,32 @@ class ConformancePlugin:
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        props = report.user_properties
-        ids = [str(v) for k, v in props if k == "requirement"]
+        props = dict(report.user_properties)
+        ids = [str(v) for k, v in report.user_properties if k == "requirement"]
         if not ids:
             return
-        impl = next((str(v) for k, v in props if k == "fdpass_impl"), "?")
-        layer = next((str(v) for k, v in props if k == "fdpass_fault_layer"), "")
-        outcome: str | None = None
-        if getattr(report, "wasxfail", None) is not None:
-            outcome = "fail" if report.skipped else "pass"
-        elif report.failed:
-            outcome = "fail"
-        elif report.skipped:
-            outcome = "n-a" if _one_line(report).startswith("n/a") else "skip"
-        elif report.when == "call":
-            outcome = "pass"
+        impl = str(props.get("fdpass_impl", "?"))
+        layer = str(props.get("fdpass_fault_layer", ""))
+        outcome: str | None = props.get(outcomes.OUTCOME)  # type: ignore[assignment]
+        if outcome is None:
+            if report.failed:
+                outcome = "fail"
+            elif report.skipped:
+                outcome = "skip"
+            elif report.when == "call":
+                outcome = "pass"
         if outcome is not None:
             self.report.record(
-                impl, ids, TestOutcome(report.nodeid, outcome, _one_line(report), layer)
+                impl,
+                ids,
+                TestOutcome(
+                    report.nodeid,
+                    outcome,
+                    _one_line(report),
+                    layer,
+                    str(props.get(outcomes.BLOCKED_BY, "")),
+                    str(props.get(outcomes.DETAILS, "")),
+                ),
             )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -29,6 +29,12 @@ REQUIREMENT_MARKER = (
 )
 
 
+NEEDS_MARKER = (
+    "fdpass_needs(*prerequisites): what a contract check needs the proxy to be able to do "
+    '(e.g. "served"); a proxy that has shown it cannot gets the check reported blocked'
+)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("fdpass", "fd-passing proxy conformance")
     group.addoption(
@@ -80,6 +86,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", REQUIREMENT_MARKER)
+    config.addinivalue_line("markers", NEEDS_MARKER)
     if config.option.help:
         return  # --help must work even when an --fdpass-impl value is broken
     impls: list[ImplSpec] = []

@@ -23,11 +23,12 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..contract import check_impl, is_fd_passing
+from ..contract import FD_PASSING_METHODS, check_impl, is_fd_passing
+from ..outcomes import MissingMethod, from_implementation
 from .childproc import CRASHED, fork_child
 from .events import EventWriter
 from .fdtable import FdFiller
@@ -68,6 +69,31 @@ class ListenerRef:
 
 
 LISTENER = ListenerRef()
+
+
+@contextlib.contextmanager
+def implementation_code() -> Iterator[None]:
+    """What escapes from here was raised by the implementation: the proxy's outcome.
+
+    Anything else that fails in this process is the harness's own error, which
+    the report must not count against the proxy (``outcomes.is_toolkit_error``).
+    """
+    try:
+        yield
+    except BaseException as exc:
+        from_implementation(exc)
+        raise
+
+
+def method_of(proxy: object, name: str) -> Callable[..., Any]:
+    """The implementation's method ``name``; MissingMethod (not an AttributeError of ours)
+    names the requirement that asks for it when the proxy has none."""
+    member = getattr(proxy, name, None)
+    if not callable(member):
+        owner = "FP-01" if name in FD_PASSING_METHODS else "SP-01"
+        raise from_implementation(MissingMethod(name, owner))
+    call: Callable[..., Any] = member
+    return call
 
 
 def describe_socket(sock: socket.socket) -> dict[str, Any]:
@@ -137,7 +163,8 @@ class Master:
 
     def op_construct(self) -> tuple[int, bool]:
         """A new instance from the factory; returns (instance number, fd_passing)."""
-        proxy = self.cfg.factory()
+        with implementation_code():
+            proxy = self.cfg.factory()
         self.instances.append(Instance(proxy, is_fd_passing(proxy)))
         return len(self.instances) - 1, self.instances[-1].fd_passing
 
@@ -149,7 +176,9 @@ class Master:
     def op_call(self, method: str, *args: Any, inst: int = 0, **kwargs: Any) -> object:
         instance = self.instances[inst]
         args = tuple(instance.listeners[-1] if isinstance(a, ListenerRef) else a for a in args)
-        result = getattr(instance.proxy, method)(*args, **kwargs)
+        call = method_of(instance.proxy, method)
+        with implementation_code():
+            result = call(*args, **kwargs)
         if method == "create_socket" and isinstance(result, socket.socket):
             instance.listeners.append(result)
         return _describe(result)
@@ -159,7 +188,9 @@ class Master:
         instance = self.instances[inst]
         listener = instance.listeners[-1]
         listener.close()
-        return _describe(instance.proxy.accept(listener))
+        accept = method_of(instance.proxy, "accept")
+        with implementation_code():
+            return _describe(accept(listener))
 
     def op_dispatch_closed_listener(self, timeout: float, inst: int = 0) -> int:
         """``dispatch`` on a listener this process has closed (SP-14, fd-passing proxies).
@@ -170,7 +201,9 @@ class Master:
         instance = self.instances[inst]
         listener = instance.listeners[-1]
         listener.close()
-        return int(instance.proxy.dispatch(listener, timeout=timeout))
+        dispatch = method_of(instance.proxy, "dispatch")
+        with implementation_code():
+            return int(dispatch(listener, timeout=timeout))
 
     def op_fork_workers(self, n: int, inst: int = 0) -> list[int]:
         instance = self.instances[inst]
@@ -196,7 +229,9 @@ class Master:
 
     def op_dispatch(self, timeout: float | None, inst: int = 0) -> int:
         instance = self.instances[inst]
-        return int(instance.proxy.dispatch(instance.listeners[-1], timeout=timeout))
+        dispatch = method_of(instance.proxy, "dispatch")
+        with implementation_code():
+            return int(dispatch(instance.listeners[-1], timeout=timeout))
 
     def op_auto(self, on: bool, inst: int = 0) -> None:
         self.instances[inst].auto = on

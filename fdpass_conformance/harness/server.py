@@ -26,6 +26,7 @@ from ..contract import ProtocolType
 from ..leaks.fds import FdInfo, fd_inventory
 from ..leaks.ipcs import IpcObject, list_ipc_objects, parse_ipcs, remove_ipc_object
 from ..leaks.procs import kill_tree
+from ..outcomes import not_applicable
 from . import namespace
 from .childproc import fork_child
 from .events import EventReader
@@ -112,7 +113,7 @@ class InstanceInfo:
 #: Master operations that act on Python code inside the harness's master; for an exec:
 #: implementation that code is not the implementation, so they do not apply.
 PYTHON_ONLY_OPS = {
-    "patch": "n/a for an exec: implementation: the python fault layer patches Python "
+    "patch": "for an exec: implementation: the python fault layer patches Python "
     "callables in the harness's master, and the implementation is a separate program",
     "count_signal": "not checked for an exec: implementation: a signal handler installed in "
     "the harness's master cannot make the program's own system calls fail with EINTR",
@@ -285,6 +286,8 @@ class ProxyServer:
         if self._ctl is None:
             raise HarnessError("fdpass_proxy_server: not started")
         if self.exec_impl and op in PYTHON_ONLY_OPS:
+            if op == "patch":
+                not_applicable(PYTHON_ONLY_OPS[op])
             import pytest
 
             pytest.skip(PYTHON_ONLY_OPS[op])
@@ -407,27 +410,39 @@ class ProxyServer:
         self._ns.set_limit(name, value)
 
     def wait_events(self, kind: str, count: int = 1, timeout: float | None = None) -> list[Any]:
-        """Wait until ``count`` events of ``kind`` arrived; a clear failure otherwise."""
+        """Wait until ``count`` events of ``kind`` arrived; a clear failure otherwise.
+
+        A crash ends the wait only if it comes from a process that had not yet sent
+        ``kind``: a worker that was ready and then crashed in ``accept`` does not
+        make the readiness of the others, or evidence gathered before, untrue.
+        """
         wait = self.opts.step_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         while True:
             found = [e for e in self.events.events if e.kind == kind]
             if len(found) >= count:
                 return found
-            crash = [e for e in self.events.events if e.kind == "crash"]
+            done = {e.pid for e in found}
+            crash = self.crash_report(exclude=done)
             if crash:
-                d = crash[0].detail
-                raise HarnessError(
-                    f"fdpass_proxy_server: {crash[0].role} {crash[0].index} "
-                    f"(pid {crash[0].pid}) crashed: "
-                    f"{d.get('type')}: {d.get('message')}\n{d.get('traceback', '')}"
-                )
+                raise HarnessError(f"fdpass_proxy_server: {crash}")
             if time.monotonic() > deadline:
                 raise HarnessError(
                     f"fdpass_proxy_server: waited {wait}s for {count} {kind!r} event(s), "
                     f"got {len(found)}"
                 )
             self.events.drain(0.05)
+
+    def crash_report(self, exclude: set[int] | None = None, traceback: bool = True) -> str:
+        """The first crash of a harness process (``worker 0 (pid N) crashed: ...``), or ''."""
+        self.events.drain(0.0)
+        for e in self.events.events:
+            if e.kind == "crash" and e.pid not in (exclude or set()):
+                d = e.detail
+                text = f"{e.role} {e.index} (pid {e.pid}) crashed: {d.get('type')}: "
+                text += str(d.get("message"))
+                return text + (f"\n{d.get('traceback', '')}" if traceback else "")
+        return ""
 
     # -- internals -------------------------------------------------------
 

@@ -1,17 +1,48 @@
-"""What an implementation is, observed once per factory and session.
+"""What an implementation is and can do, observed once per factory and test process.
 
 FP requirements apply to proxies with ``dispatch``; IPC requirements to those
 that create System V objects, which is observed through ``ipcs`` during one
 full start-up rather than declared, so that a proxy cannot opt out by saying so.
+
+The same start-up establishes the prerequisites that many checks share: the
+proxy can be constructed (SP-01 owns that) and it serves a connection end to
+end (FP-02 for an fd-passing proxy, SP-09 for a shared listener). A check that
+needs a prerequisite the proxy has shown it lacks is reported ``blocked`` by its
+owner at once, instead of failing again, or waiting for its own timeout, on a
+cause another requirement already names.
+
+Every call into the implementation happens inside a ``ProxyServer``, so in the
+isolation the suites use (its own IPC namespace, or the lock with a diff and
+cleanup): a proxy that leaks from its constructor or ``is_supported()`` leaves
+nothing on the host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..contract import is_fd_passing
-from ..harness.server import ProxyServer, ServerOptions
+from ..harness.server import HarnessError, ProxyServer, Reply, ServerOptions
+from ..outcomes import blocked
+from .evidence import describe_reply
+
+#: Connections the probe tries before it concludes that the proxy serves nothing,
+#: and how long each may take: generous, because a wrong "serves nothing" would block
+#: many checks of a correct proxy on a loaded machine.
+PROBE_TRIES = 2
+PROBE_TIMEOUT = 5.0
+
+#: The prerequisites, by name; a test needs one through ``@pytest.mark.fdpass_needs(name)``.
+CONSTRUCTED = "constructed"
+SERVED = "served"
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """A prerequisite the implementation lacks: who owns it and what was seen."""
+
+    owner: str
+    why: str
 
 
 @dataclass(frozen=True)
@@ -19,6 +50,16 @@ class Facts:
     fd_passing: bool
     supported: bool
     creates_ipc: bool | None  # None: the observation itself failed
+    #: prerequisite name -> what is missing; absent names are met (or unknown).
+    shortfalls: dict[str, Shortfall] = field(default_factory=dict)
+
+    def serve_owner(self) -> str:
+        return served_owner(self.fd_passing)
+
+
+def served_owner(fd_passing: bool) -> str:
+    """The requirement that owns "a connection is served end to end"."""
+    return "FP-02" if fd_passing else "SP-09"
 
 
 _CACHE: dict[int, tuple[Callable[[], object], Facts]] = {}
@@ -28,25 +69,71 @@ def facts_for(factory: Callable[[], object]) -> Facts:
     cached = _CACHE.get(id(factory))
     if cached is not None and cached[0] is factory:
         return cached[1]
-    probe = factory()
-    try:
-        fd_passing = is_fd_passing(probe)
-        supported = bool(probe.is_supported())  # type: ignore[attr-defined]
-    finally:
-        close = getattr(probe, "close", None)
-        if callable(close):
-            close()
-    facts = Facts(fd_passing, supported, _observe_ipc(factory) if supported else None)
+    facts = _observe(factory)
     _CACHE[id(factory)] = (factory, facts)
     return facts
 
 
-def _observe_ipc(factory: Callable[[], object]) -> bool | None:
-    server = ProxyServer(factory, ServerOptions(workers=1))
+def _observe(factory: Callable[[], object]) -> Facts:
+    server = ProxyServer(factory, ServerOptions(workers=2))
     try:
-        server.start()
-        return bool(server.ipc_objects())
-    except Exception:
-        return None  # the suites will show what is wrong; applicability stays open
+        try:
+            server.start(upto="constructed")
+        except Exception as exc:
+            why = f"constructing the proxy failed: {type(exc).__name__}: {_line(exc)}"
+            return Facts(False, True, None, {CONSTRUCTED: Shortfall("SP-01", why)})
+        fd_passing = server.fd_passing
+        try:
+            supported = bool(server.call("is_supported"))
+        except Exception:
+            supported = True  # SP-02 judges is_supported(); the checks still run
+        if not supported:
+            return Facts(fd_passing, False, None)
+        shortfalls: dict[str, Shortfall] = {}
+        creates_ipc: bool | None = None
+        try:
+            server.create_socket()
+            if fd_passing:
+                server.call("open_channels", server.opts.workers)
+            server.fork_workers()
+            creates_ipc = bool(server.ipc_objects())
+        except Exception as exc:
+            why = f"starting a server with 2 workers failed: {type(exc).__name__}: {_line(exc)}"
+            shortfalls[SERVED] = Shortfall(served_owner(fd_passing), why)
+            return Facts(fd_passing, True, creates_ipc, shortfalls)
+        unserved = _unserved(server)
+        if unserved:
+            shortfalls[SERVED] = Shortfall(served_owner(fd_passing), unserved)
+        return Facts(fd_passing, True, creates_ipc, shortfalls)
     finally:
         server.close()
+
+
+def _unserved(server: ProxyServer) -> str:
+    """Empty if a connection was answered by a worker; otherwise what the clients saw."""
+    seen: list[Reply] = []
+    for _ in range(PROBE_TRIES):
+        try:
+            reply = server.request_reply(b"probe", timeout=PROBE_TIMEOUT)
+        except (OSError, HarnessError) as exc:
+            return f"a client could not connect: {type(exc).__name__}: {_line(exc)}"
+        if reply.answered:
+            return ""
+        seen.append(reply)
+    crash = server.crash_report(traceback=False)
+    return "no connection reached a worker: " + "; ".join(
+        f"client {n + 1} {describe_reply(r, PROBE_TIMEOUT)}" for n, r in enumerate(seen)
+    ) + (f"; {crash}" if crash else "")
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def require_served(server: ProxyServer, reply: Reply, what: str, timeout: float = 5.0) -> Reply:
+    """``reply`` must be answered for this check to mean anything; if it is not, the check
+    is blocked by the requirement that owns serving, with what the client saw."""
+    if not reply.answered:
+        blocked(served_owner(server.fd_passing), f"{what} {describe_reply(reply, timeout)}")
+    return reply

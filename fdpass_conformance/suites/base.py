@@ -15,7 +15,12 @@ import pytest
 from ..catalogue import BY_ID, applicable
 from ..fixtures.server import ProxyServerFactory
 from ..harness.server import ProxyServer
-from .applicability import facts_for
+from ..outcomes import blocked, not_applicable
+from .applicability import CONSTRUCTED, facts_for
+
+#: ``@needs("served")``: the check needs a connection served end to end; when the
+#: proxy has shown it serves none, the check is blocked by the owner at once.
+needs = pytest.mark.fdpass_needs
 
 
 class StartServer(Protocol):
@@ -57,8 +62,14 @@ class SuiteBase:
         reqs = [BY_ID[i] for i in ids if i in BY_ID]
         if reqs and not any(applicable(r, facts.fd_passing, facts.creates_ipc) for r in reqs):
             if reqs[0].cls == "IPC":
-                pytest.skip("n/a: creates no System V IPC object (observed through ipcs)")
-            pytest.skip("n/a: not an fd-passing proxy (no dispatch)")
+                not_applicable("creates no System V IPC object (observed through ipcs)")
+            not_applicable("not an fd-passing proxy (no dispatch)")
+        marks = request.node.iter_markers("fdpass_needs")
+        wanted = [CONSTRUCTED, *(str(a) for m in marks for a in m.args)]
+        for name in wanted:
+            short = facts.shortfalls.get(name)
+            if short is not None and short.owner not in ids:
+                blocked(short.owner, short.why)
 
     @pytest.fixture
     def server(

@@ -30,6 +30,18 @@ def left_hanging(reply: Reply) -> bool:
     return not reply.answered and reply.end == "timeout"
 
 
+def describe_reply(reply: Reply, timeout: float) -> str:
+    """What a client saw, as a failure message states it."""
+    if reply.answered:
+        return f"was answered by worker {reply.index} (pid {reply.pid}), then {reply.end}"
+    return {
+        "timeout": f"got no answer and no end within {timeout:g}s (left hanging)",
+        "eof": "got EOF without an answer",
+        "reset": "got a reset without an answer",
+        "refused": "was refused (nothing listens on the port)",
+    }.get(reply.end, f"got no answer ({reply.end})")
+
+
 def fd_counts(server: ProxyServer, names: list[str] | None = None) -> dict[str, int]:
     procs = processes(server)
     return {name: fd_count(pid) for name, pid in procs.items() if names is None or name in names}

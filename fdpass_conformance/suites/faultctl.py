@@ -17,6 +17,7 @@ import pytest
 from ..faults import syscall
 from ..faults.errors import parse_errno
 from ..harness.server import HarnessError, ProxyServer
+from ..outcomes import not_applicable
 
 #: Python entry points for each system call, used by the Python-level layer.
 PY_TARGETS = {
@@ -73,7 +74,7 @@ def counted_fault(
             result.injected = fault.injected_count()
         return
     if server.exec_impl:  # the python layer would patch the harness, not the program
-        pytest.skip(f"n/a for an exec: implementation: no python fault layer ({why})")
+        not_applicable(f"for an exec: implementation: no python fault layer ({why})")
     target = PY_TARGETS.get(call)
     if target is None:
         pytest.skip(f"cannot inject {call} failures here: {why}")

@@ -18,6 +18,8 @@ import pytest
 
 from ..harness.server import ProxyServer, read_reply
 from ..leaks.fds import fd_count
+from ..outcomes import blocked, not_applicable
+from .applicability import require_served, served_owner
 from .base import StartServer, SuiteBase
 from .evidence import describe_fds, left_hanging, wait_until
 from .faultctl import counted_fault
@@ -27,7 +29,7 @@ from .test_ipc import (
     assert_released,
     close_quietly,
     fd_links,
-    require,
+    instrument,
     setup_until_failure,
     timed_dispatch,
     trouble,
@@ -41,7 +43,7 @@ CHANNELS = 3
 
 def _fd_passing_only(srv: ProxyServer) -> None:
     if not srv.fd_passing:
-        pytest.skip("n/a: not an fd-passing proxy (no dispatch)")
+        not_applicable("not an fd-passing proxy (no dispatch)")
 
 
 def _warm_up(srv: ProxyServer) -> None:
@@ -50,9 +52,9 @@ def _warm_up(srv: ProxyServer) -> None:
         client.sendall(b"warm-up")
         try:
             srv.dispatch(timeout=5.0)
-        except Exception as exc:  # a proxy that serves nothing is SP-10's failure, not ours
-            require(False, f"a warm-up dispatch raised {exc!r}")
-        require(read_reply(client, b"", timeout=5.0).answered, "a dispatched client was not served")
+        except Exception as exc:  # a proxy that cannot dispatch at all fails FP-02, not this
+            blocked(served_owner(srv.fd_passing), f"a warm-up dispatch raised {exc!r}")
+        require_served(srv, read_reply(client, b"", timeout=5.0), "a dispatched client")
 
 
 @contextlib.contextmanager
@@ -227,7 +229,7 @@ class FaultSuite(SuiteBase):
                 outcome, _took = timed_dispatch(srv, 2.0, 5.0)
             reply = read_reply(client, b"", timeout=2.0)
         if fault.injected == 0:
-            pytest.skip("n/a: dispatch made no sendmsg() call")
+            not_applicable("dispatch made no sendmsg() call")
         what = f"sendmsg failed with {error} ({'every call' if times is None else 'once'})"
         if isinstance(outcome, int):
             assert reply.answered, (
@@ -288,7 +290,7 @@ class FaultSuite(SuiteBase):
                     raise AssertionError(f"after {storm.sent} signals: {exc}") from None
                 reply = read_reply(client, b"", timeout=3.0)
         handled = srv.request("signal_counts").get(int(signal.SIGUSR1), 0)
-        require(handled, "no SIGUSR1 reached the master's handler")
+        instrument(handled, "no SIGUSR1 reached the master's handler")
         assert isinstance(outcome, int), (
             f"dispatch raised {outcome!r} while the master handled {handled} signals"
         )
@@ -310,7 +312,7 @@ class FaultSuite(SuiteBase):
             except AssertionError as exc:
                 raise AssertionError(f"after {storm.sent} signals: {exc}") from None
         handled = srv.request("signal_counts").get(int(signal.SIGUSR1), 0)
-        require(handled, "no SIGUSR1 reached the master's handler")
+        instrument(handled, "no SIGUSR1 reached the master's handler")
         assert isinstance(outcome, TimeoutError), (
             f"dispatch(timeout={timeout}) without a client gave {outcome!r} under {handled} "
             "signals, expected TimeoutError"
@@ -343,7 +345,7 @@ class FaultSuite(SuiteBase):
             stage, exc, kept = setup_until_failure(srv, 0, CHANNELS)
         if fault.injected == 0:
             calls = "no socketpair() call" if k == 0 else f"fewer than {k + 1} socketpair() calls"
-            pytest.skip(f"n/a: create_socket and open_channels({CHANNELS}) make {calls}")
+            not_applicable(f"create_socket and open_channels({CHANNELS}) make {calls}")
         cause = f"socketpair() call {k + 1} failed with EMFILE"
         _check_setup_failure(srv, base, stage, exc, kept, cause)
 
@@ -373,13 +375,13 @@ class FaultSuite(SuiteBase):
     ) -> None:
         marker = tmp_path / "doctored"
         srv = server(workers=1, worker_setup=_doctor_fd_messages(variant, str(marker)))
-        require(srv.request_reply().answered, "the first connection was not served")
+        require_served(srv, srv.request_reply(), "the first connection")
         worker = srv.worker_pids[0]
         before = fd_count(worker)
         reply = srv.request_reply(b"flt06", timeout=3.0)
         if not marker.exists():
-            pytest.skip(
-                "n/a: the worker never received an fd through socket.socket.recvmsg "
+            not_applicable(
+                "the worker never received an fd through socket.socket.recvmsg "
                 "(not a Python socket receiver), so no message could be doctored"
             )
         what = {"ctrunc": "with MSG_CTRUNC set", "extra-fd": "with one fd too many"}[variant]

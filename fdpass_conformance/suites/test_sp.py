@@ -12,6 +12,7 @@ import pytest
 from ..contract import ProtocolType
 from ..harness.server import HarnessError, ProxyServer, read_reply
 from ..leaks.ports import port_is_free
+from ..outcomes import not_applicable
 from .base import StartServer, SuiteBase
 from .evidence import assert_fd_counts_flat, fd_counts, free_port
 from .faultctl import counted_fault
@@ -66,7 +67,7 @@ def _fail_setup(
         except Exception as exc:
             raised = exc
     if not fault.injected:
-        pytest.skip(f"n/a: create_socket and open_channels make no {call}() call")
+        not_applicable(f"create_socket and open_channels make no {call}() call")
     if raised is None:
         # Recovering from the failure (another port, a retry) is judged by the
         # requirements about that failure (SP-04, SP-08, IPC-06, FLT-04), not here.
@@ -232,7 +233,7 @@ class SocketProxySuite(SuiteBase):
     def test_reuseport_listener_shares_its_port(self, server: StartServer) -> None:
         srv = server(upto="listening")
         if not srv.instances[0].listener.get("reuseport"):
-            pytest.skip("n/a: the listener has no SO_REUSEPORT")
+            not_applicable("the listener has no SO_REUSEPORT")
         second = srv.add_instance("constructed").number
         desc = srv.create_socket(port=srv.port, inst=second)
         assert desc["sockname"][1] == srv.instances[0].port
