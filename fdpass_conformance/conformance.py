@@ -1,9 +1,12 @@
-"""The conformance run: registered only when ``--fdpass-impl`` is given.
+"""The conformance run: registered when ``--fdpass-impl`` is given or a suite is collected.
 
-Like pytest-timeout, the plugin object exists only when it has work to do. It
-adds the contract suites to the collection (no ``--pyargs`` needed, from any
-directory), turns requirement levels into pytest outcomes (a SHOULD failure
-is an xfail unless ``--fdpass-strict``), and gathers one result per
+Like pytest-timeout, the plugin object exists only when it has work to do:
+with ``--fdpass-impl`` from the start, and for a ``ContractSuite`` subclass in
+a project's own tree as soon as collection finds one (``plugin.SuiteGate``),
+so both ways of running the suites are the same gate. It adds the contract
+suites to the collection with ``--fdpass-impl`` (no ``--pyargs`` needed, from
+any directory), turns requirement levels into pytest outcomes (a SHOULD
+failure is an xfail unless ``--fdpass-strict``), and gathers one result per
 implementation and requirement for the terminal table and the report file.
 """
 
@@ -70,14 +73,18 @@ def _scale(config: pytest.Config, ids: list[str]) -> float:
 
 
 class ConformancePlugin:
-    def __init__(self, config: pytest.Config, timeout: float) -> None:
+    def __init__(self, config: pytest.Config, timeout: float, *, late: bool = False) -> None:
+        """``late``: registered after collection (a ContractSuite subclass run without
+        --fdpass-impl): the collection is the user's, and the header is printed
+        with the summary instead, since pytest printed its own header already."""
         self.config = config
+        self.late = late
         self.strict: bool = config.getoption("fdpass_strict")
         self.only: tuple[str, ...] = tuple(p.upper() for p in config.getoption("fdpass_only"))
         self.report_path: str | None = config.getoption("fdpass_report")
         self.timeout = timeout
         self.report = Report(self.strict, isolation_mode(), _fault_layers())
-        if config.args_source != pytest.Config.ArgsSource.ARGS:
+        if not late and config.args_source != pytest.Config.ArgsSource.ARGS:
             # No paths on the command line: the suites alone, not testpaths or the
             # current directory. With paths, the user runs their own tests (the
             # fixtures are parametrized by --fdpass-impl) and names the suites
@@ -87,13 +94,15 @@ class ConformancePlugin:
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         from .plugin import get_impls
 
-        layers = "; ".join(f"{k}: {v}" for k, v in self.report.fault_layers.items())
         impls = "; ".join(
             f"{i.id}: {i.language}" + (f", adapter protocol {i.protocol}" if i.protocol else "")
             for i in get_impls(config)
         )
+        return [f"fdpass: implementations: {impls}", *self._run_lines()]
+
+    def _run_lines(self) -> list[str]:
+        layers = "; ".join(f"{k}: {v}" for k, v in self.report.fault_layers.items())
         return [
-            f"fdpass: implementations: {impls}",
             f"fdpass: IPC isolation: {self.report.isolation}",
             f"fdpass: fault layers: {layers}",
             "fdpass: levels: "
@@ -188,6 +197,10 @@ class ConformancePlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
+        if self.late and self.report.impls:
+            tr.write_sep("=", "fdpass conformance")
+            for line in self._run_lines():
+                tr.write_line(line)
         for impl in self.report.impls.values():
             tr.write_sep("=", f"fdpass conformance: {impl.impl}")
             for res in impl.requirements.values():

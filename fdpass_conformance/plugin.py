@@ -7,9 +7,15 @@ run with one line per problem (exit code 4) before anything is collected.
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import pytest
 
 from fdpass_conformance.loading import ImplError, ImplSpec, load_impl, unique_ids
+
+if TYPE_CHECKING:
+    from fdpass_conformance.conformance import ConformancePlugin
 
 pytest_plugins = [
     "fdpass_conformance.fixtures.core",
@@ -107,7 +113,57 @@ def pytest_configure(config: pytest.Config) -> None:
     if impls:
         from fdpass_conformance.conformance import ConformancePlugin
 
-        config.pluginmanager.register(ConformancePlugin(config, timeout), "fdpass-conformance")
+        config.pluginmanager.register(ConformancePlugin(config, timeout), CONFORMANCE)
+    else:
+        config.pluginmanager.register(SuiteGate(config, timeout), "fdpass-suite-gate")
+
+
+#: The name the conformance plugin object is registered under.
+CONFORMANCE = "fdpass-conformance"
+
+
+class SuiteGate:
+    """A ``ContractSuite`` subclass run without ``--fdpass-impl`` is the same gate.
+
+    SHOULD failures warn unless --fdpass-strict, --fdpass-only selects, the
+    table, the report file and the junit properties are there: the conformance
+    plugin is registered as soon as collection finds a suite class. Under
+    pytest-xdist the controller collects nothing; it registers the plugin on
+    the first report that a worker's conformance plugin marked.
+    """
+
+    def __init__(self, config: pytest.Config, timeout: float) -> None:
+        self.config = config
+        self.timeout = timeout
+        self.plugin: ConformancePlugin | None = None
+
+    def _start(self) -> ConformancePlugin:
+        from fdpass_conformance.conformance import ConformancePlugin
+
+        if self.plugin is None:
+            self.plugin = ConformancePlugin(self.config, self.timeout, late=True)
+            self.config.pluginmanager.register(self.plugin, CONFORMANCE)
+        return self.plugin
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        if self.plugin is None and any(_is_suite_item(item) for item in items):
+            # Registered during this hook, the plugin misses this call of it.
+            self._start().pytest_collection_modifyitems(session, config, items)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.plugin is None and any(k == "fdpass_impl" for k, _ in report.user_properties):
+            self._start().pytest_runtest_logreport(report)
+
+
+def _is_suite_item(item: pytest.Item) -> bool:
+    # A suite class can only be collected once its module was imported.
+    base = sys.modules.get("fdpass_conformance.suites.base")
+    cls = getattr(item, "cls", None)
+    return base is not None and isinstance(cls, type) and issubclass(cls, base.SuiteBase)
 
 
 def _check_run_options(config: pytest.Config) -> list[str]:
