@@ -21,11 +21,12 @@ import pytest
 from . import outcomes
 from .catalogue import BY_ID
 from .harness.isolation import isolation_mode
-from .report import files
+from .report import baseline, files
 from .report.model import Report, RequirementResult, TestOutcome
 from .suites.base import SUITE_TIMEOUT
 
 SHOULD_REASON = "SHOULD-level requirement: reported, fails the run only with --fdpass-strict"
+KNOWN_REASON = "known failure, listed in the --fdpass-baseline"
 
 
 def requirement_ids(item: pytest.Item) -> list[str]:
@@ -44,7 +45,7 @@ def _impl_id(item: pytest.Item) -> str:
 def _one_line(report: pytest.TestReport) -> str:
     wasxfail = getattr(report, "wasxfail", None)
     if wasxfail and report.skipped:
-        return str(wasxfail).removeprefix(SHOULD_REASON + ": ")
+        return str(wasxfail).removeprefix(SHOULD_REASON + ": ").removeprefix(KNOWN_REASON + ": ")
     longrepr = report.longrepr
     if isinstance(longrepr, tuple):  # a skip: (path, lineno, "Skipped: reason")
         return str(longrepr[2]).removeprefix("Skipped: ")
@@ -81,9 +82,14 @@ class ConformancePlugin:
         self.late = late
         self.strict: bool = config.getoption("fdpass_strict")
         self.only: tuple[str, ...] = tuple(p.upper() for p in config.getoption("fdpass_only"))
-        self.report_path: str | None = config.getoption("fdpass_report")
+        self.report_paths: list[str] = config.getoption("fdpass_report")
         self.timeout = timeout
         self.report = Report(self.strict, isolation_mode(), _fault_layers())
+        from .plugin import BASELINE_KEY
+
+        self.report.baseline = config.stash.get(BASELINE_KEY, None)
+        self.report.baseline_strict = bool(config.getoption("fdpass_baseline_strict"))
+        self.baseline_write: str | None = config.getoption("fdpass_baseline_write")
         if not late and config.args_source != pytest.Config.ArgsSource.ARGS:
             # No paths on the command line: the suites alone, not testpaths or the
             # current directory. With paths, the user runs their own tests (the
@@ -166,6 +172,31 @@ class ConformancePlugin:
             report.wasxfail = f"{SHOULD_REASON}: {_one_line(report)}"
         return report
 
+    @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_makereport")
+    def pytest_runtest_makereport_known(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """A failure of a requirement the baseline lists is an xfail: known, not the gate's.
+
+        Outside pytest_runtest_makereport (whose outcome it reads, so it wraps it):
+        only a proxy's failure ("fail", never a toolkit "error") of a test whose
+        every requirement is in the baseline for this implementation.
+        """
+        report = yield
+        known = self.report.baseline
+        if known is None or report.when != "call" or not report.failed:
+            return report
+        props = dict(report.user_properties)
+        ids = requirement_ids(item)
+        if (
+            ids
+            and props.get(outcomes.OUTCOME) == "fail"
+            and set(ids) <= known.for_impl(str(props.get("fdpass_impl", "")))
+        ):
+            report.outcome = "skipped"
+            report.wasxfail = f"{KNOWN_REASON}: {_one_line(report)}"
+        return report
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
         ids = [str(v) for k, v in report.user_properties if k == "requirement"]
@@ -207,9 +238,28 @@ class ConformancePlugin:
                 tr.write_line(_row(res), **_markup(res.verdict))
             counts = ", ".join(f"{v} {k}" for k, v in impl.counts().items() if v)
             tr.write_line(f"{impl.impl}: {counts}")
-        if self.report_path and self.report.impls:
-            files.write(self.report, self.report_path)
-            tr.write_line(f"fdpass report written to {self.report_path}")
+        for impl in self.report.impls.values():
+            for rid in impl.fixed():
+                tr.write_line(
+                    f"fdpass baseline: {impl.impl} {rid} is fixed: drop it from the baseline "
+                    f"{self.report.baseline.source if self.report.baseline else ''}",
+                    **({"red": True} if self.report.baseline_strict else {"yellow": True}),
+                )
+        for path in self.report_paths if self.report.impls else []:
+            files.write(self.report, path)
+            tr.write_line(f"fdpass report written to {path}")
+        if self.baseline_write and self.report.impls:
+            baseline.write(self.report, self.baseline_write)
+            tr.write_line(f"fdpass baseline written to {self.baseline_write}")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """The run fails when the report does though every test passed or warned:
+        a baseline listing a fixed requirement under --fdpass-baseline-strict."""
+        if hasattr(session.config, "workerinput"):
+            return  # an xdist worker sees part of the run; the controller decides
+        if session.exitstatus == pytest.ExitCode.OK and not self.report.passed():
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _row(res: RequirementResult) -> str:
@@ -230,4 +280,5 @@ def _markup(verdict: str) -> dict[str, bool]:
         "warn": {"yellow": True},
         "error": {"purple": True, "bold": True},
         "blocked": {"cyan": True},
+        "known": {"yellow": True},
     }.get(verdict, {})

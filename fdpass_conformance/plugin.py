@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fdpass_conformance.loading import ImplError, ImplSpec, load_impl, unique_ids
+from fdpass_conformance.report.baseline import Baseline
 
 if TYPE_CHECKING:
     from fdpass_conformance.conformance import ConformancePlugin
@@ -25,6 +26,9 @@ pytest_plugins = [
 
 #: The validated implementations of this run, in command-line order.
 IMPLS_KEY = pytest.StashKey[list[ImplSpec]]()
+
+#: The --fdpass-baseline, loaded and checked at configure time.
+BASELINE_KEY = pytest.StashKey[Baseline]()
 
 #: Default per-test timeout of contract tests, in seconds (ini ``fdpass_timeout``).
 DEFAULT_TIMEOUT = 60.0
@@ -73,9 +77,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--fdpass-report",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="write the conformance report to PATH; the extension chooses the format: "
+        ".json, .md (a job summary) or .html (repeatable)",
+    )
+    group.addoption(
+        "--fdpass-baseline",
         default=None,
         metavar="PATH",
-        help="write the conformance report to PATH",
+        help="requirements known to fail (a JSON report of an earlier run, or a list of IDs "
+        "one per line): reported 'known', they do not fail the run; a new failure does",
+    )
+    group.addoption(
+        "--fdpass-baseline-strict",
+        action="store_true",
+        default=False,
+        help="also fail the run while the baseline lists a requirement that passes now",
+    )
+    group.addoption(
+        "--fdpass-baseline-write",
+        default=None,
+        metavar="PATH",
+        help="write this run's failing requirements as a baseline to PATH "
+        "(.json: the whole report, per implementation; otherwise a list of IDs)",
     )
     group.addoption(
         "--fdpass-hypothesis-profile",
@@ -177,11 +203,20 @@ def _check_run_options(config: pytest.Config) -> list[str]:
             select(list(only))
         except ValueError as exc:
             problems.append(f"--fdpass-only={','.join(only)}: {exc}")
-    report = config.getoption("fdpass_report")
-    if report:
+    for report in config.getoption("fdpass_report"):
         problem = check_path(report)
         if problem:
             problems.append(problem)
+    path = config.getoption("fdpass_baseline")
+    if path:
+        from fdpass_conformance.report import baseline
+
+        try:
+            config.stash[BASELINE_KEY] = baseline.load(path)
+        except baseline.BaselineError as exc:
+            problems.append(str(exc))
+    elif config.getoption("fdpass_baseline_strict"):
+        problems.append("--fdpass-baseline-strict: no --fdpass-baseline=PATH to hold to")
     return problems
 
 

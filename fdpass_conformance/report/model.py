@@ -9,6 +9,11 @@ not failed again); it passes if at least one test passed and none of the
 above; is n-a if its tests were all skipped as not applicable, and "skip" if
 they were skipped for another reason (is_supported() False, a fault layer
 unavailable). "not-run" means no test of it ran (--fdpass-only).
+
+The verdict says what a result means for the gate: a SHOULD failure is
+"warn", and a failure the project's baseline already lists is "known"
+(report/baseline.py): both are verdicts, computed from the result, never
+results of their own.
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..catalogue import REQUIREMENTS, Requirement
+from .baseline import Baseline
 
 #: Results in order of precedence: a requirement takes the first one any of its tests has.
 RESULTS = ("fail", "error", "blocked", "pass", "skip", "n-a", "not-run")
 #: The report format's version, bumped when a field changes meaning.
 #: 2: results "blocked" and "error"; tests carry ``blocked_by`` and ``details``.
-REPORT_VERSION = 2
+#: 3: verdict "known" and the ``baseline`` of the run; implementations list ``fixed``.
+REPORT_VERSION = 3
+#: Every verdict: the results, and what the gate makes of a failure.
+VERDICTS = (*RESULTS, "warn", "known")
 
 
 @dataclass
@@ -42,6 +51,8 @@ class TestOutcome:
 class RequirementResult:
     requirement: Requirement
     tests: list[TestOutcome] = field(default_factory=list)
+    #: The baseline lists this requirement as failing already.
+    known: bool = False
 
     @property
     def result(self) -> str:
@@ -56,9 +67,12 @@ class RequirementResult:
 
     @property
     def verdict(self) -> str:
-        """What the result means for the run: a SHOULD failure is a warning."""
+        """What the result means for the run: a SHOULD failure is a warning, and a
+        failure the baseline lists is known."""
         if self.result != "fail":
             return self.result
+        if self.known:
+            return "known"
         return "fail" if self.requirement.must else "warn"
 
 
@@ -68,14 +82,20 @@ class ImplResults:
     requirements: dict[str, RequirementResult]
 
     @classmethod
-    def empty(cls, impl: str) -> ImplResults:
-        return cls(impl, {r.id: RequirementResult(r) for r in REQUIREMENTS})
+    def empty(cls, impl: str, known: frozenset[str] = frozenset()) -> ImplResults:
+        return cls(impl, {r.id: RequirementResult(r, known=r.id in known) for r in REQUIREMENTS})
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys((*RESULTS, "warn"), 0)
+        out = dict.fromkeys(VERDICTS, 0)
         for res in self.requirements.values():
             out[res.verdict] += 1
         return out
+
+    def fixed(self) -> list[str]:
+        """Requirements the baseline lists that pass now: drop them from the baseline."""
+        return [
+            r.requirement.id for r in self.requirements.values() if r.known and r.result == "pass"
+        ]
 
 
 @dataclass
@@ -84,15 +104,23 @@ class Report:
     isolation: str
     fault_layers: dict[str, str]
     impls: dict[str, ImplResults] = field(default_factory=dict)
+    baseline: Baseline | None = None
+    #: --fdpass-baseline-strict: a baseline listing a passing requirement fails the gate.
+    baseline_strict: bool = False
 
     def record(self, impl: str, req_ids: list[str], outcome: TestOutcome) -> None:
-        results = self.impls.setdefault(impl, ImplResults.empty(impl))
+        if impl not in self.impls:
+            known = self.baseline.for_impl(impl) if self.baseline else frozenset()
+            self.impls[impl] = ImplResults.empty(impl, known)
+        results = self.impls[impl]
         for rid in req_ids:
             if rid in results.requirements:
                 results.requirements[rid].tests.append(outcome)
 
     def passed(self) -> bool:
         bad = {"fail", "error", "warn"} if self.strict else {"fail", "error"}
+        if self.baseline_strict and any(i.fixed() for i in self.impls.values()):
+            return False
         return not any(
             r.verdict in bad for i in self.impls.values() for r in i.requirements.values()
         )
@@ -105,10 +133,16 @@ class Report:
             "isolation": self.isolation,
             "fault_layers": self.fault_layers,
             "passed": self.passed(),
+            "baseline": (
+                {"source": self.baseline.source, "strict": self.baseline_strict}
+                if self.baseline
+                else None
+            ),
             "implementations": [
                 {
                     "id": impl.impl,
                     "counts": impl.counts(),
+                    "fixed": impl.fixed(),
                     "requirements": [
                         {
                             "id": res.requirement.id,

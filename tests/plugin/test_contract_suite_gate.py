@@ -13,35 +13,16 @@ from typing import Any
 
 import pytest
 
-from .helpers import INNER_TIMEOUT
+from .helpers import INNER_TIMEOUT, SLOPPY, SLOPPY_SUITE
 
 pytestmark = pytest.mark.timeout(4 * INNER_TIMEOUT)
-
-SLOPPY = """
-from fdpass_conformance.reference import MasterProxy
-
-class Sloppy(MasterProxy):
-    def create_socket(self, port, protocol="tcp"):
-        return super().create_socket(0 if port is None else port, protocol)
-
-    def open_channels(self, workers):
-        return super().open_channels(int(workers) if isinstance(workers, str) else workers)
-"""
-
-SUITE = """
-from fdpass_conformance import ContractSuite
-from sloppy import Sloppy
-
-class TestSloppy(ContractSuite):
-    factory = Sloppy
-"""
 
 ONLY = "--fdpass-only=SP-07,FP-16"
 
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(sloppy=SLOPPY, test_sloppy=SUITE)
+    pytester.makepyfile(sloppy=SLOPPY, test_sloppy=SLOPPY_SUITE)
     return pytester
 
 
