@@ -22,7 +22,7 @@ from . import outcomes
 from .catalogue import BY_ID
 from .harness.isolation import isolation_mode
 from .report import baseline, files
-from .report.model import Report, RequirementResult, TestOutcome
+from .report.model import Report, RequirementResult, TestOutcome, id_ranges
 from .suites.base import SUITE_TIMEOUT
 
 SHOULD_REASON = "SHOULD-level requirement: reported, fails the run only with --fdpass-strict"
@@ -234,8 +234,14 @@ class ConformancePlugin:
                 tr.write_line(line)
         for impl in self.report.impls.values():
             tr.write_sep("=", f"fdpass conformance: {impl.impl}")
+            not_run = [
+                r.requirement.id for r in impl.requirements.values() if r.verdict == "not-run"
+            ]
             for res in impl.requirements.values():
-                tr.write_line(_row(res), **_markup(res.verdict))
+                if res.verdict != "not-run":
+                    tr.write_line(_row(res), **_markup(res.verdict))
+            if not_run:  # one line, not 50 rows, for an --fdpass-only run
+                tr.write_line(f"{len(not_run)} not-run: {id_ranges(not_run)}")
             counts = ", ".join(f"{v} {k}" for k, v in impl.counts().items() if v)
             tr.write_line(f"{impl.impl}: {counts}")
         for impl in self.report.impls.values():

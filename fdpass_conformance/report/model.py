@@ -32,6 +32,8 @@ RESULTS = ("fail", "error", "blocked", "pass", "skip", "n-a", "not-run")
 REPORT_VERSION = 3
 #: Every verdict: the results, and what the gate makes of a failure.
 VERDICTS = (*RESULTS, "warn", "known")
+#: Verdicts a reader must look at: each has evidence worth opening.
+ATTENTION = ("fail", "error", "warn", "known", "blocked")
 
 
 @dataclass
@@ -118,12 +120,15 @@ class Report:
                 results.requirements[rid].tests.append(outcome)
 
     def passed(self) -> bool:
+        return all(self.impl_passed(impl) for impl in self.impls.values())
+
+    def impl_passed(self, impl: ImplResults) -> bool:
+        """The gate for one implementation: no fail or error (nor warn when strict,
+        nor a fixed requirement with a strict baseline)."""
         bad = {"fail", "error", "warn"} if self.strict else {"fail", "error"}
-        if self.baseline_strict and any(i.fixed() for i in self.impls.values()):
+        if self.baseline_strict and impl.fixed():
             return False
-        return not any(
-            r.verdict in bad for i in self.impls.values() for r in i.requirements.values()
-        )
+        return not any(r.verdict in bad for r in impl.requirements.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,3 +164,22 @@ class Report:
                 for impl in self.impls.values()
             ],
         }
+
+
+def id_ranges(ids: list[str]) -> str:
+    """Requirement IDs as catalogue ranges: ``SP-10..SP-20, FP-01..FP-16``.
+
+    Runs of IDs adjacent in the catalogue collapse into one range, so a long
+    list (the not-run requirements of an --fdpass-only run) stays one line.
+    """
+    order = {r.id: n for n, r in enumerate(REQUIREMENTS)}
+    wanted = sorted((i for i in ids if i in order), key=order.__getitem__)
+    runs: list[list[str]] = []
+    for rid in wanted:
+        last = runs[-1][-1] if runs else None
+        same_class = last is not None and last.split("-")[0] == rid.split("-")[0]
+        if same_class and last is not None and order[rid] == order[last] + 1:
+            runs[-1].append(rid)
+        else:
+            runs.append([rid])
+    return ", ".join(r[0] if len(r) == 1 else f"{r[0]}..{r[-1]}" for r in runs)

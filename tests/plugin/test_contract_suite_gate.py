@@ -55,10 +55,12 @@ def test_should_warns_must_fails_with_table_report_and_junit(
             "*fdpass: levels: MUST fails, SHOULD warns",
             "SP-07   MUST   fail    test_invalid_port_is_rejected[[]None[]]: *DID NOT RAISE*",
             "FP-16   SHOULD warn    test_invalid_worker_count[[]'2'[]]: *DID NOT RAISE*",
+            "50 not-run: SP-01..SP-06, SP-08..SP-20, FP-01..FP-15, IPC-01..IPC-10, FLT-01..FLT-06",
             "Sloppy: 1 fail, *50 not-run, 1 warn",
         ],
         consecutive=False,
     )
+    assert "MUST   not-run" not in result.stdout.str(), "not-run rows are one line"
     assert verdicts(report) == EXPECTED
     cases = ET.parse(junit).getroot().iter("testcase")
     props = [
