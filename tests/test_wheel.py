@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from fdpass_conformance.catalogue import REQUIREMENTS
+
 ROOT = Path(__file__).resolve().parent.parent
 #: Building, installing the dependencies and one contract test: about 10 s with a warm pip cache.
 STEP_TIMEOUT = 300
@@ -41,7 +43,9 @@ def test_wheel_installs_no_top_level_reference_and_runs_it(tmp_path: Path) -> No
     (wheel,) = dist.glob("fdpass_conformance-*.whl")
     tops = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.startswith("fdpass_conformance")} == set(), tops
-    assert "fdpass_conformance/reference/master.py" in zipfile.ZipFile(wheel).namelist()
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "fdpass_conformance/reference/master.py" in names
+    assert "fdpass_conformance/spec.md" in names  # the HTML report quotes it
 
     venv = tmp_path / "venv"
     step([sys.executable, "-m", "venv", str(venv)], tmp_path, "creating the venv")
@@ -53,6 +57,11 @@ def test_wheel_installs_no_top_level_reference_and_runs_it(tmp_path: Path) -> No
         [python, "-c", "import reference"], cwd=elsewhere, capture_output=True, text=True
     )
     assert probe.returncode != 0 and "No module named 'reference'" in probe.stderr, probe
+    count = "from fdpass_conformance.report.spec import sections; print(len(sections()))"
+    spec = subprocess.run(
+        [python, "-c", count], cwd=elsewhere, capture_output=True, text=True, check=False
+    )
+    assert spec.stdout.strip() == str(len(REQUIREMENTS)), spec
 
     out = step(
         [
