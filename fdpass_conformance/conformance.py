@@ -12,6 +12,7 @@ implementation and requirement for the terminal table and the report file.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ def requirement_ids(item: pytest.Item) -> list[str]:
     return [str(a) for m in item.iter_markers("requirement") for a in m.args]
 
 
+#: How pytest prefixes a skip's reason: "Skipped: " or our outcome's exception type.
+_SKIP_PREFIX = re.compile(r"^(Skipped|[\w.]*\.(Blocked|NotApplicable)): ")
+
+
 def _impl_id(item: pytest.Item) -> str:
     callspec = getattr(item, "callspec", None)
     if callspec is not None and "fdpass_impl" in callspec.params:
@@ -48,7 +53,7 @@ def _one_line(report: pytest.TestReport) -> str:
         return str(wasxfail).removeprefix(SHOULD_REASON + ": ").removeprefix(KNOWN_REASON + ": ")
     longrepr = report.longrepr
     if isinstance(longrepr, tuple):  # a skip: (path, lineno, "Skipped: reason")
-        return str(longrepr[2]).removeprefix("Skipped: ")
+        return _SKIP_PREFIX.sub("", str(longrepr[2]))
     crash = getattr(longrepr, "reprcrash", None)
     text = getattr(crash, "message", None) or str(longrepr or "")
     return text.strip().splitlines()[0] if text.strip() else ""
@@ -162,6 +167,9 @@ class ConformancePlugin:
         if exc is not None and outcome in ("fail", "error") and call.excinfo is not None:
             text = outcomes.details(exc, call.excinfo.tb)
             report.user_properties.append((outcomes.DETAILS, text))
+            waited = outcomes.timeout_reason(exc, call.excinfo.tb)
+            if waited:
+                report.user_properties.append((outcomes.REASON, waited))
         if (
             not self.strict
             and outcome == "fail"
@@ -219,7 +227,7 @@ class ConformancePlugin:
                 TestOutcome(
                     report.nodeid,
                     outcome,
-                    _one_line(report),
+                    str(props.get(outcomes.REASON) or _one_line(report)),
                     layer,
                     str(props.get(outcomes.BLOCKED_BY, "")),
                     str(props.get(outcomes.DETAILS, "")),

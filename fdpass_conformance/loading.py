@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import json
 import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -64,15 +65,45 @@ class ImplSpec:
 def load_impl(spec: str) -> ImplSpec:
     """Import, call once and check the factory named by ``spec``.
 
-    The probe object is closed right away: validation must not leave an fd or
-    IPC object behind, even for an implementation that breaks IPC-01.
+    The call happens in a forked child inside the isolation the servers use
+    (``isolation.call_isolated``): validation must leave no fd or IPC object on
+    the host, even for an implementation that breaks IPC-01 in its constructor.
     """
     if spec.startswith(EXEC_PREFIX):
         return _load_exec(spec)
     module_name, attr = _split(spec)
     module = _import(spec, module_name)
     factory = _resolve(spec, module, attr)
-    probe = _call(spec, attr, factory)
+    fd_passing = _probe_isolated(spec, attr, factory)
+    return ImplSpec(spec, module_name, attr, factory, fd_passing)
+
+
+def _probe_isolated(spec: str, attr: str, factory: Callable[[], object]) -> bool:
+    """Whether ``factory()``'s object is fd-passing; ImplError for any contract problem."""
+    from .harness.isolation import call_isolated
+
+    try:
+        result = call_isolated(lambda: json.dumps(_probe(spec, attr, factory)).encode())
+    except TimeoutError:
+        raise ImplError(
+            f"--fdpass-impl={spec}: calling {attr}() and close() did not finish within 30s "
+            "(does the constructor block?)"
+        ) from None
+    if result.status != 0:
+        text = result.output.decode(errors="replace").strip() or f"exit status {result.status}"
+        raise ImplError(f"--fdpass-impl={spec}: probing {attr}() failed: {text}")
+    verdict = json.loads(result.output)
+    if verdict["problem"]:
+        raise ImplError(verdict["problem"])
+    return bool(verdict["fd_passing"])
+
+
+def _probe(spec: str, attr: str, factory: Callable[[], object]) -> dict[str, object]:
+    """In the isolated child: construct, check the shape, close; the first problem as text."""
+    try:
+        probe = _call(spec, attr, factory)
+    except ImplError as exc:
+        return {"problem": str(exc), "fd_passing": False}
     try:
         problems = check_impl(probe)
         fd_passing = is_fd_passing(probe)
@@ -80,14 +111,15 @@ def load_impl(spec: str) -> ImplSpec:
         problems = [f"looking up its methods raised {type(exc).__name__}: {_first_line(exc)}"]
         fd_passing = False
     close_problem = _close_probe(attr, probe)
+    problem = ""
     if problems:
-        raise ImplError(
+        problem = (
             f"--fdpass-impl={spec}: {attr}() returned a {type(probe).__name__} that "
             f"breaks the contract: {'; '.join(problems)}"
         )
-    if close_problem:
-        raise ImplError(f"--fdpass-impl={spec}: {close_problem}")
-    return ImplSpec(spec, module_name, attr, factory, fd_passing)
+    elif close_problem:
+        problem = f"--fdpass-impl={spec}: {close_problem}"
+    return {"problem": problem, "fd_passing": fd_passing}
 
 
 def unique_ids(impls: Iterable[ImplSpec]) -> list[ImplSpec]:

@@ -115,6 +115,7 @@ class Entry:
     factory: str
     breaks: frozenset[str]
     may_break: frozenset[str]
+    blocked: dict[str, str]  # requirement -> the requirement that must block it
     rejected: str | None
     doc: str
 
@@ -159,6 +160,7 @@ def load_corpus() -> list[Entry]:
                 factory=_factory_name(info.name, module),
                 breaks=frozenset(breaks),
                 may_break=frozenset(getattr(module, "MAY_BREAK", ())),
+                blocked=dict(getattr(module, "BLOCKED", {})),
                 rejected=getattr(module, "REJECTED", None),
                 doc=module.__doc__ or "",
             )
@@ -268,16 +270,31 @@ def _why(req: dict[str, Any]) -> str:
     return "; ".join(reasons[:2]) or "(no test ran)"
 
 
+def _blockers(req: dict[str, Any]) -> set[str]:
+    return {t["blocked_by"] for t in req.get("tests", []) if t["outcome"] == "blocked"}
+
+
 def _deviations(results: dict[str, dict[str, Any]], entry: Entry) -> dict[str, str]:
-    """Requirement -> what went wrong: an expected failure missed, or a spurious one."""
+    """Requirement -> what went wrong: an expected failure missed, a spurious one, a
+    requirement blocked when it should not be (or by the wrong root cause), an error."""
     out = {
         rid: f"{rid} is {results[rid]['result']}, not failed ({_why(results[rid])})"
         for rid in sorted(entry.breaks)
         if not _failed(results[rid])
     }
     for rid, req in sorted(results.items()):
-        if _failed(req) and rid not in entry.breaks | entry.may_break:
+        if req["result"] == "error":
+            out[rid] = f"{rid} is a toolkit error: {_why(req)}"
+        elif _failed(req) and rid not in entry.breaks | entry.may_break:
             out[rid] = f"{rid} failed spuriously: {_why(req)}"
+        elif rid in entry.blocked and (
+            req["result"] != "blocked" or _blockers(req) != {entry.blocked[rid]}
+        ):
+            out[rid] = (
+                f"{rid} is {req['result']}, not blocked by {entry.blocked[rid]} ({_why(req)})"
+            )
+        elif req["result"] == "blocked" and rid not in entry.blocked:
+            out[rid] = f"{rid} is blocked unexpectedly: {_why(req)}"
     return out
 
 
@@ -365,6 +382,15 @@ def test_corpus_metadata() -> None:
             problems.append(f"{entry.name}: BREAKS is empty")
         if entry.breaks & entry.may_break:
             problems.append(f"{entry.name}: in both BREAKS and MAY_BREAK")
+        both = sorted(set(entry.blocked) & (entry.breaks | entry.may_break))
+        if both:
+            problems.append(f"{entry.name}: {both} both blocked and broken")
+        bad = sorted(f"{r}<-{b}" for r, b in entry.blocked.items() if {r, b} - set(BY_ID))
+        if bad:
+            problems.append(f"{entry.name}: BLOCKED names unknown IDs {bad}")
+        stray = sorted(b for b in entry.blocked.values() if b not in entry.breaks)
+        if stray:
+            problems.append(f"{entry.name}: blocked by {stray}, which it does not break")
         if not entry.doc.strip().startswith("Defect"):
             problems.append(f"{entry.name}: the docstring must start by naming the defect")
         unexplained = sorted(r for r in entry.breaks | entry.may_break if r not in entry.doc)

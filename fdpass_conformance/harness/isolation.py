@@ -14,11 +14,17 @@ import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import filelock
 
-from fdpass_conformance.harness.namespace import IPC_NAMESPACE_REASON, IPC_NAMESPACES
+from fdpass_conformance.faults.forked import ChildResult, call_in_child
+from fdpass_conformance.harness.namespace import (
+    IPC_NAMESPACE_REASON,
+    IPC_NAMESPACES,
+    enter_new_ipc_namespace,
+)
+from fdpass_conformance.leaks.ipcs import list_ipc_objects, remove_ipc_object
 
 LOCK_NAME = "fdpass-conformance-ipc.lock"
 
@@ -66,3 +72,31 @@ def isolation_mode() -> str:
     if IPC_NAMESPACES:
         return "ipc-namespace"
     return f"global-ipcs+lock ({IPC_NAMESPACE_REASON})"
+
+
+def call_isolated(
+    fn: Callable[[], bytes | None], timeout: float = 30.0, lock_timeout: float = 300.0
+) -> ChildResult:
+    """Run ``fn`` in a forked child inside the isolation the servers use.
+
+    Why: any call into an implementation (its factory, ``is_supported()``) may
+    create IPC objects, and the host must never keep one. In an IPC namespace of
+    its own, whatever the child makes vanishes with it; without one, the child
+    runs under the global lock and every object that appeared meanwhile is removed.
+    """
+    if IPC_NAMESPACES:
+
+        def inside() -> bytes | None:
+            enter_new_ipc_namespace()
+            return fn()
+
+        return call_in_child(inside, timeout)
+    with global_ipc_lock(lock_timeout):
+        before = {(o.kind, o.id) for o in list_ipc_objects()}
+        try:
+            return call_in_child(fn, timeout)
+        finally:
+            for obj in list_ipc_objects():
+                if (obj.kind, obj.id) not in before:
+                    with contextlib.suppress(OSError):
+                        remove_ipc_object(obj)

@@ -119,6 +119,13 @@ PYTHON_ONLY_OPS = {
     "the harness's master cannot make the program's own system calls fail with EINTR",
 }
 
+#: Why a master dies of SIGPIPE, and the fix (checked: /work/shared/facts.md).
+SIGPIPE_PITFALL = (
+    "a send to a dead worker raised SIGPIPE: every send on a channel needs MSG_NOSIGNAL "
+    "(in Python, socket.send_fds() drops its flags argument, CPython gh-107898: call "
+    "sock.sendmsg(buffers, [(SOL_SOCKET, SCM_RIGHTS, fds)], socket.MSG_NOSIGNAL) instead)"
+)
+
 #: Steps of ``ProxyServer.start``, in order; ``upto`` stops after one of them.
 STEPS = ("constructed", "listening", "channels", "serving")
 
@@ -309,7 +316,7 @@ class ProxyServer:
             self._reap_master(deadline=1.0)
             raise HarnessError(
                 f"fdpass_proxy_server: master pid {self._master_pid} exited during {op!r} "
-                f"(status {self._describe_status()}){self._crash_note()}"
+                f"(status {self._describe_status()}){self._crash_note()}{self._pitfall()}"
             ) from None
         if status == "ok":
             return value
@@ -428,10 +435,22 @@ class ProxyServer:
                 raise HarnessError(f"fdpass_proxy_server: {crash}")
             if time.monotonic() > deadline:
                 raise HarnessError(
-                    f"fdpass_proxy_server: waited {wait}s for {count} {kind!r} event(s), "
-                    f"got {len(found)}"
+                    f"fdpass_proxy_server: waited {wait}s for {count} {kind!r} event(s), got "
+                    f"{len(found)}; {self.events_seen()}"
                 )
             self.events.drain(0.05)
+
+    def events_seen(self) -> str:
+        """What the processes reported, compactly: the evidence of a wait that failed."""
+        counts: dict[str, int] = {}
+        for e in self.events.events:
+            who = "master" if e.role == "master" else f"worker {e.index}"
+            why = e.detail.get("errno")
+            label = f"{who} {e.kind}" + (f" (errno {why})" if why else "")
+            counts[label] = counts.get(label, 0) + 1
+        if not counts:
+            return "no event from any process"
+        return "seen: " + ", ".join(f"{k} x{n}" if n > 1 else k for k, n in counts.items())
 
     def crash_report(self, exclude: set[int] | None = None, traceback: bool = True) -> str:
         """The first crash of a harness process (``worker 0 (pid N) crashed: ...``), or ''."""
@@ -492,6 +511,13 @@ class ProxyServer:
         if os.WIFSIGNALED(s):
             return f"killed by {signal.Signals(os.WTERMSIG(s)).name}"
         return f"exit {os.WEXITSTATUS(s)}"
+
+    def _pitfall(self) -> str:
+        """A known cause of this death, when the status points at one."""
+        s = self._master_status
+        if s is not None and os.WIFSIGNALED(s) and os.WTERMSIG(s) == signal.SIGPIPE:
+            return f"; {SIGPIPE_PITFALL}"
+        return ""
 
     def _crash_note(self) -> str:
         self.events.drain()

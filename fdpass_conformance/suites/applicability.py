@@ -121,9 +121,13 @@ def _unserved(server: ProxyServer) -> str:
             return ""
         seen.append(reply)
     crash = server.crash_report(traceback=False)
-    return "no connection reached a worker: " + "; ".join(
-        f"client {n + 1} {describe_reply(r, PROBE_TIMEOUT)}" for n, r in enumerate(seen)
-    ) + (f"; {crash}" if crash else "")
+    return (
+        "no connection reached a worker: "
+        + "; ".join(
+            f"client {n + 1} {describe_reply(r, PROBE_TIMEOUT)}" for n, r in enumerate(seen)
+        )
+        + (f"; {crash}" if crash else "")
+    )
 
 
 def _line(exc: BaseException) -> str:
@@ -137,3 +141,36 @@ def require_served(server: ProxyServer, reply: Reply, what: str, timeout: float 
     if not reply.answered:
         blocked(served_owner(server.fd_passing), f"{what} {describe_reply(reply, timeout)}")
     return reply
+
+
+def served(
+    server: ProxyServer, what: str, data: bytes = b"ping", timeout: float = 5.0, inst: int = 0
+) -> Reply:
+    """One request whose answer this check needs: blocked at once, without waiting for
+    a client's timeout, when the proxy has already shown that it serves nothing."""
+    assume_served(server)
+    return require_served(server, server.request_reply(data, timeout, inst), what, timeout)
+
+
+def assume_served(server: ProxyServer) -> None:
+    """Before a step whose meaning needs a served connection: blocked at once if the
+    proxy has already shown that it serves nothing."""
+    known = known_shortfall(server, SERVED)
+    if known is not None:
+        blocked(known.owner, known.why)
+
+
+def traffic(server: ProxyServer, requests: int) -> None:
+    """A few requests, so that objects a proxy makes lazily exist before evidence is read;
+    none for a proxy known to serve nothing (its evidence is read without them)."""
+    if known_shortfall(server, SERVED) is None:
+        for _ in range(requests):
+            server.request_reply()
+
+
+def known_shortfall(server: ProxyServer, name: str) -> Shortfall | None:
+    """What the implementation of ``server`` has shown it lacks, if it was observed."""
+    cached = _CACHE.get(id(server.factory))
+    if cached is None or cached[0] is not server.factory:
+        return None
+    return cached[1].shortfalls.get(name)

@@ -78,6 +78,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def outcome_of(call: Callable[[], object]) -> object:
+    """What a call gave: its return value, or the exception it raised, so that a check
+    can say what came instead of what it awaited (pytest.raises only says "DID NOT RAISE")."""
+    try:
+        return call()
+    except Exception as exc:
+        return exc
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -19,9 +19,9 @@ import pytest
 from ..harness.server import ProxyServer, read_reply
 from ..leaks.fds import fd_count
 from ..outcomes import blocked, not_applicable
-from .applicability import require_served, served_owner
-from .base import StartServer, SuiteBase
-from .evidence import describe_fds, left_hanging, wait_until
+from .applicability import assume_served, require_served, served, served_owner
+from .base import StartServer, SuiteBase, needs
+from .evidence import describe_fds, describe_reply, left_hanging, wait_until
 from .faultctl import counted_fault
 from .test_ipc import (
     Baseline,
@@ -48,6 +48,7 @@ def _fd_passing_only(srv: ProxyServer) -> None:
 
 def _warm_up(srv: ProxyServer) -> None:
     """One manual dispatch, so that lazily made fds exist before a baseline is taken."""
+    assume_served(srv)
     with srv.connect() as client:
         client.sendall(b"warm-up")
         try:
@@ -206,13 +207,14 @@ def _check_setup_failure(
     assert_released(srv, kept, srv.ipc_objects(), f"{cause}: after {stage} raised")
     close_quietly(srv)
     assert_released(srv, base.fds, base.ipc, f"{cause}: after {stage} raised and close()")
+    assume_served(srv)
     extra = srv.add_instance("serving").number
-    reply = srv.request_reply(timeout=3.0, inst=extra)
-    assert reply.answered, f"{cause}: a new instance afterwards does not serve ({reply.end})"
+    served(srv, f"{cause}: a client of a new instance afterwards", timeout=3.0, inst=extra)
 
 
 class FaultSuite(SuiteBase):
     @pytest.mark.requirement("FLT-01")
+    @needs("served")
     @pytest.mark.parametrize("times", [1, None], ids=["once", "always"])
     @pytest.mark.parametrize("error", SENDMSG_ERRORS)
     def test_failing_sendmsg_is_not_swallowed(
@@ -250,6 +252,7 @@ class FaultSuite(SuiteBase):
         )
 
     @pytest.mark.requirement("FLT-02")
+    @needs("served")
     def test_emfile_from_accept_surfaces_and_dispatch_recovers(self, server: StartServer) -> None:
         srv = server(workers=2)
         srv.set_auto(False)
@@ -271,9 +274,10 @@ class FaultSuite(SuiteBase):
                 again, _took = timed_dispatch(srv, 2.0, 5.0)
                 assert isinstance(again, int), f"the second dispatch after EMFILE raised {again!r}"
             reply = read_reply(second, b"", timeout=3.0)
-            assert reply.answered, f"a client after the EMFILE was not served ({reply.end})"
+            assert reply.answered, f"a client after the EMFILE {describe_reply(reply, 3)}"
 
     @pytest.mark.requirement("FLT-03")
+    @needs("served")
     def test_signals_during_dispatch_do_not_break_it(self, server: StartServer) -> None:
         srv = server(workers=2)
         _fd_passing_only(srv)
@@ -322,6 +326,7 @@ class FaultSuite(SuiteBase):
         )
 
     @pytest.mark.requirement("FLT-03")
+    @needs("served")
     def test_signals_during_accept_do_not_break_it(self, server: StartServer) -> None:
         srv = server(workers=2, worker_setup=_handle_sigusr1)
         srv.request("count_signal", int(signal.SIGUSR1))
@@ -369,13 +374,14 @@ class FaultSuite(SuiteBase):
         _check_setup_failure(srv, base, "open_channels", exc, kept, cause)
 
     @pytest.mark.requirement("FLT-06")
+    @needs("served")
     @pytest.mark.parametrize("variant", ["ctrunc", "extra-fd"])
     def test_doctored_fd_message_leaks_nothing(
         self, server: StartServer, tmp_path: Path, variant: str
     ) -> None:
         marker = tmp_path / "doctored"
         srv = server(workers=1, worker_setup=_doctor_fd_messages(variant, str(marker)))
-        require_served(srv, srv.request_reply(), "the first connection")
+        served(srv, "the first connection")
         worker = srv.worker_pids[0]
         before = fd_count(worker)
         reply = srv.request_reply(b"flt06", timeout=3.0)

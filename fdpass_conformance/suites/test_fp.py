@@ -10,9 +10,17 @@ import psutil
 import pytest
 
 from ..harness.master_role import LISTENER
-from ..harness.server import ProxyServer, read_reply
-from .base import StartServer, SuiteBase
-from .evidence import assert_fd_counts_flat, fd_counts, unix_sockets
+from ..harness.server import ProxyServer, Reply, read_reply
+from ..outcomes import blocked
+from .applicability import require_served, served, served_owner
+from .base import StartServer, SuiteBase, needs
+from .evidence import (
+    assert_fd_counts_flat,
+    describe_reply,
+    fd_counts,
+    outcome_of,
+    unix_sockets,
+)
 
 #: Exceptions that say "wrong call order" clearly; anything else looks like an internal bug.
 CLEAR_ERRORS = (RuntimeError, OSError, ValueError)
@@ -45,7 +53,7 @@ def _manual(srv: ProxyServer) -> ProxyServer:
     return srv
 
 
-def _dispatch_one(srv: ProxyServer, payload: bytes = b"manual") -> tuple[int, object]:
+def _dispatch_one(srv: ProxyServer, payload: bytes = b"manual") -> tuple[int, Reply]:
     """Connect a client, dispatch it by hand, and return (index, the worker's reply)."""
     with srv.connect() as client:
         client.sendall(payload)
@@ -60,12 +68,17 @@ class FdPassingSuite(SuiteBase):
         assert shape["missing"] == [], f"missing: {', '.join(shape['missing'])}"
 
     @pytest.mark.requirement("FP-02")
+    @needs("served")  # FP-02 owns it: the check runs, and says what the clients saw
     def test_worker_gets_the_accepted_connection(self, server: StartServer) -> None:
         srv = server(workers=2)
-        for _ in range(4):
+        for n in range(4):
             with srv.connect() as client:
                 reply = read_reply(client, b"fp02", timeout=5.0)
-                assert reply.answered, f"no answer ({reply.end})"
+                crash = srv.crash_report(traceback=False)
+                assert reply.answered, (
+                    f"connection {n} {describe_reply(reply, 5.0)}: no connection the master "
+                    "accepted reached a worker" + (f" ({crash})" if crash else "")
+                )
                 assert reply.peer == client.getsockname()[:2], "worker's peer is not the client"
                 assert reply.local == client.getpeername()[:2], "worker's local end differs"
 
@@ -74,32 +87,37 @@ class FdPassingSuite(SuiteBase):
         srv = _manual(server(workers=2))
         with srv.connect() as client:
             client.sendall(b"fp03")
-            srv.dispatch(timeout=5.0)
+            outcome = outcome_of(lambda: srv.dispatch(timeout=5.0))
+            if not isinstance(outcome, int):  # nothing was dispatched: FP-02 says why
+                blocked(served_owner(True), f"dispatch of a waiting client gave {outcome!r}")
             held = [f for f in srv.fds("master") if f.kind == "tcp"]
             assert not held, "after dispatch the master still holds " + "; ".join(
                 f.describe(srv.master_pid or 0) for f in held
             )
-            assert read_reply(client, b"", timeout=5.0).answered
+            reply = read_reply(client, b"", timeout=5.0)
+            require_served(srv, reply, "the dispatched connection (no fd kept in the master)")
 
     @pytest.mark.requirement("FP-04")
+    @needs("served")
     def test_dispatch_returns_the_receiving_worker(self, server: StartServer) -> None:
         srv = _manual(server(workers=3))
         for n in range(6):
             index, reply = _dispatch_one(srv, f"fp04-{n}".encode())
-            assert getattr(reply, "answered", False), f"connection {n} was not answered"
-            assert getattr(reply, "index", None) == index, (
-                f"dispatch returned {index}, but worker {getattr(reply, 'index', None)} served it"
+            require_served(srv, reply, f"dispatched connection {n}")
+            assert reply.index == index, (
+                f"dispatch returned {index}, but worker {reply.index} served it"
             )
 
     @pytest.mark.requirement("FP-05")
+    @needs("served")
     def test_received_sockets_are_cloexec(self, server: StartServer) -> None:
         srv = server(workers=2)
-        for _ in range(4):
-            reply = srv.request_reply()
-            assert reply.answered, f"no answer ({reply.end})"
+        for n in range(4):
+            reply = served(srv, f"connection {n}")
             assert reply.cloexec is True, "the worker received an inheritable socket"
 
     @pytest.mark.requirement("FP-06")
+    @needs("served")
     def test_channel_ends_are_split(self, server: StartServer) -> None:
         srv = server(upto="constructed", workers=3)
         assert srv.master_pid is not None
@@ -107,8 +125,8 @@ class FdPassingSuite(SuiteBase):
         srv.create_socket()
         srv.call("open_channels", 3)
         srv.fork_workers()
-        for _ in range(3):  # the first dispatch is when the master drops the worker ends
-            assert srv.request_reply().answered
+        for n in range(3):  # the first dispatch is when the master drops the worker ends
+            served(srv, f"connection {n}")
         master = unix_sockets(srv.master_pid) - inherited
         workers = [unix_sockets(pid) - inherited for pid in srv.worker_pids]
         for i, ends in enumerate(workers):
@@ -119,25 +137,32 @@ class FdPassingSuite(SuiteBase):
                 assert not both, f"workers {i} and {j} share channel sockets {sorted(both)}"
 
     @pytest.mark.requirement("FP-07")
+    @needs("served")
     def test_worker_exit_or_death_leaves_ipc_and_others(self, server: StartServer) -> None:
         srv = server(workers=3)
         before = srv.ipc_objects()
         srv.kill_worker(0)
-        assert srv.request_reply(b"exit").answered, "the exit request was not served"
+        exit_reply = srv.request_reply(b"exit")
+        assert exit_reply.answered, (
+            f"after worker 0 was killed, a request to a live worker {describe_reply(exit_reply, 5)}"
+        )
         srv.wait_events("exit", 1)
         assert srv.ipc_objects() == before, "a worker's death or exit changed the IPC objects"
         for n in range(4):
             reply = srv.request_reply(timeout=5.0)
-            assert reply.answered, f"request {n} after the worker exits: {reply.end}"
+            assert reply.answered, (
+                f"request {n} after one worker died and one exited {describe_reply(reply, 5)}"
+            )
 
     @pytest.mark.requirement("FP-08")
+    @needs("served")
     def test_dead_worker_costs_nothing(self, server: StartServer) -> None:
         srv = server(workers=2, master_setup=_sigpipe_default)
         srv.kill_worker(0)
         for n in range(6):
             reply = srv.request_reply(timeout=5.0)
-            assert reply.answered, f"request {n} after worker 0 died: {reply.end}"
-            assert reply.index == 1
+            assert reply.answered, f"request {n} after worker 0 died {describe_reply(reply, 5)}"
+            assert reply.index == 1, f"request {n} was served by worker {reply.index}, not 1"
         srv.request("exited")  # raises HarnessError if the master died (of SIGPIPE)
 
     @pytest.mark.requirement("FP-09")
@@ -147,22 +172,31 @@ class FdPassingSuite(SuiteBase):
         srv.kill_worker(1)
         with srv.connect() as client:
             client.sendall(b"fp09")
-            with pytest.raises(OSError):
-                srv.dispatch(timeout=2.0)
+            outcome = outcome_of(lambda: srv.dispatch(timeout=2.0))
             reply = read_reply(client, b"", timeout=5.0)
-        assert not reply.answered
-        assert reply.end in ("eof", "reset"), f"the client was left hanging ({reply.end})"
+        assert isinstance(outcome, OSError), (
+            f"with both workers dead, dispatch(timeout=2) gave {outcome!r}, expected OSError"
+        )
+        assert not reply.answered, (
+            f"with both workers dead the client was answered by pid {reply.pid}"
+        )
+        assert reply.end in ("eof", "reset"), f"the client {describe_reply(reply, 5)}"
 
     @pytest.mark.requirement("FP-10")
+    @needs("served")
     def test_dispatch_timeout(self, server: StartServer) -> None:
         srv = server(workers=2)
-        assert srv.request_reply().answered  # past the first dispatch, which drops worker ends
+        # past the first dispatch, which drops worker ends, before the fd baseline
+        served(srv, "the warm-up connection")
         _manual(srv)
         before = fd_counts(srv)
         started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            srv.dispatch(timeout=0.3)
+        outcome = outcome_of(lambda: srv.dispatch(timeout=0.3))
         elapsed = time.monotonic() - started
+        assert isinstance(outcome, TimeoutError), (
+            f"dispatch(timeout=0.3) without a client gave {outcome!r} after {elapsed:.2f}s, "
+            "expected TimeoutError"
+        )
         assert elapsed >= 0.25, f"TimeoutError after {elapsed:.3f}s, before the 0.3s timeout"
         assert_fd_counts_flat(srv, before, "after dispatch timed out")
 
@@ -173,21 +207,28 @@ class FdPassingSuite(SuiteBase):
         srv.wait_events("eof", 2, timeout=3.0)  # 1 s by the contract, slack for a busy machine
 
     @pytest.mark.requirement("FP-12")
+    @needs("served")
     def test_idle_workers_preferred(self, server: StartServer) -> None:
         srv = server(workers=3)
         busy, held = srv.hold()
         try:
-            assert held.index is not None, f"the held connection was not served ({held.end})"
+            require_served(srv, held, "the connection to hold")
             idle = [pid for i, pid in enumerate(srv.worker_pids) if i != held.index]
             for n in range(6):
                 _wait_blocked(idle)
                 reply = srv.request_reply(timeout=2.0)
-                assert reply.answered, f"request {n} went to the busy worker {held.index}"
-                assert reply.index != held.index
+                assert reply.answered, (
+                    f"request {n} {describe_reply(reply, 2)} while worker {held.index} was busy "
+                    "and the others idle: it went to the busy worker"
+                )
+                assert reply.index != held.index, (
+                    f"request {n} was served by the busy worker {held.index}"
+                )
         finally:
             busy.close()
 
     @pytest.mark.requirement("FP-13")
+    @needs("served")
     def test_instances_are_isolated(self, server: StartServer) -> None:
         srv = server(workers=2)
         first = srv.ipc_objects()
@@ -195,7 +236,7 @@ class FdPassingSuite(SuiteBase):
         for inst, info in enumerate(srv.instances):
             for _ in range(4):
                 reply = srv.request_reply(inst=inst)
-                assert reply.answered, f"instance {inst}: no answer ({reply.end})"
+                assert reply.answered, f"a client of instance {inst} {describe_reply(reply, 5)}"
                 assert reply.pid in info.worker_pids, (
                     f"a connection of instance {inst} reached another instance's worker"
                 )
@@ -207,14 +248,18 @@ class FdPassingSuite(SuiteBase):
         assert all(o in srv.ipc_objects() for o in first), (
             "closing one instance removed the other's IPC objects"
         )
-        assert srv.request_reply(inst=0).answered, "closing one instance broke the other"
+        after = srv.request_reply(inst=0)
+        assert after.answered, (
+            f"after the second instance's close(), a client of the first {describe_reply(after, 5)}"
+        )
 
     @pytest.mark.requirement("FP-14")
+    @needs("served")
     def test_full_fd_table_in_a_worker(self, server: StartServer) -> None:
         srv = server(workers=1)
-        assert srv.request_reply().answered
+        served(srv, "the warm-up connection")
         before = fd_counts(srv, ["worker 0"])
-        assert srv.request_reply(b"fill").answered
+        served(srv, "the request that fills the fd table", data=b"fill")
         srv.wait_events("filled", 1)
         victim = srv.request_reply(timeout=5.0)
         assert not victim.answered and victim.end in ("eof", "reset"), (
@@ -222,7 +267,10 @@ class FdPassingSuite(SuiteBase):
         )
         srv.wait_events("accept-error", 1)
         reply = srv.request_reply(timeout=5.0)
-        assert reply.answered, f"the worker did not accept again once fds were free ({reply.end})"
+        assert reply.answered, (
+            f"once fds were free again, the next client {describe_reply(reply, 5)}: "
+            "the worker did not recover"
+        )
         assert_fd_counts_flat(srv, before, "after the fd table was full")
 
     @pytest.mark.requirement("FP-15")

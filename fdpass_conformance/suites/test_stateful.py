@@ -15,12 +15,13 @@ from collections.abc import Callable
 
 import pytest
 
-from .base import SuiteBase
+from .base import SuiteBase, needs
 from .stateful import run_stateful
 
 
 class StatefulSuite(SuiteBase):
     @pytest.mark.requirement("FLT-05")
+    @needs("served")
     def test_random_interleavings_keep_invariants(
         self, impl: Callable[[], object], request: pytest.FixtureRequest
     ) -> None:

@@ -13,6 +13,12 @@ or wrapping it, and describes itself with module-level metadata that
 ``MAY_BREAK`` (optional)
     IDs that may fail or pass, because the defect only shows when a race
     goes one way; each needs its reason in the module docstring.
+``BLOCKED`` (optional)
+    ``dict`` requirement ID -> the ID that must block it: requirements the
+    run must report ``blocked`` (not failed) because the defect takes away a
+    capability that the blocker owns and fails on (a proxy that serves
+    nothing fails FP-02; what needs a served connection is blocked by FP-02).
+    Any other blocked requirement, and any ``error``, is a deviation.
 ``IMPL`` (optional)
     The name of the zero-argument factory for ``--fdpass-impl=MODULE:IMPL``;
     without it, the one class the module defines whose name ends in ``Proxy``.
