@@ -19,6 +19,8 @@ from typing import NoReturn
 
 import pytest
 
+from .contract import FD_PASSING_METHODS
+
 #: Keys of ``TestReport.user_properties`` that carry an outcome (they cross xdist).
 OUTCOME = "fdpass_outcome"
 BLOCKED_BY = "fdpass_blocked_by"
@@ -63,12 +65,13 @@ class MissingMethod(NotImplementedError):
     it (SP-01 for the four socket-proxy methods, FP-01 for the fd-passing three).
     """
 
-    def __init__(self, method: str, owner: str, detail: str = "") -> None:
-        super().__init__(f"the implementation has no {method}(){detail}")
-        self.method, self.owner, self.detail = method, owner, detail
+    def __init__(self, method: str, detail: str = "") -> None:
+        super().__init__(detail or f"the implementation has no {method}()")
+        self.method, self.detail = method, detail
+        self.owner = "FP-01" if method in FD_PASSING_METHODS else "SP-01"
 
     def __reduce__(self) -> tuple[object, ...]:  # it crosses the control channel pickled
-        return (type(self), (self.method, self.owner, self.detail), self.__dict__)
+        return (type(self), (self.method, self.detail), self.__dict__)
 
 
 def not_applicable(why: str) -> NoReturn:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..harness.server import HarnessError
+from ..outcomes import MissingMethod
 
 #: The newest protocol version this adapter speaks (docs/adapter.md), announced to the
 #: program in $FDPASS_ADAPTER_PROTOCOL.
@@ -85,10 +86,10 @@ class ProgramDefect(ProgramError):
     The program is still running and answering, so nothing is killed."""
 
 
-class UnsupportedMethod(NotImplementedError):
-    """The program has no such method (error kind ``unsupported``). A NotImplementedError,
-    so that the suites report the requirements that need it as blocked or n/a, not as
-    failures of the methods the program does have."""
+class UnsupportedMethod(MissingMethod):
+    """The program has no such method (error kind ``unsupported``): the requirements that
+    need it are reported blocked by the one that asks for the method (SP-01 or FP-01),
+    not as failures of the methods the program does have."""
 
 
 class ProtocolViolation(Exception):
@@ -139,7 +140,7 @@ def exception_from(reply: dict[str, Any], who: str = "the program", op: str = ""
         )
     if kind == UNSUPPORTED:
         return UnsupportedMethod(
-            f"{who} does not implement {op!r}" + (f": {message}" if message else "")
+            op, f"{who} does not implement {op!r}" + (f": {message}" if message else "")
         )
     return ERROR_KINDS[kind](code, message)
 

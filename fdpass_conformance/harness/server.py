@@ -353,7 +353,9 @@ class ProxyServer:
         except ConnectionRefusedError:
             return Reply(False, "refused")
         with sock:
-            return read_reply(sock, data, timeout)
+            reply = read_reply(sock, data, timeout)
+        self.events.drain(0.0)  # keep the event pipe from filling over many requests
+        return reply
 
     def hold(self, timeout: float = 5.0, inst: int = 0) -> tuple[socket.socket, Reply]:
         """A connection that a worker keeps open (busy) until the socket is closed here."""

@@ -87,6 +87,20 @@ class ImplResults:
     def empty(cls, impl: str, known: frozenset[str] = frozenset()) -> ImplResults:
         return cls(impl, {r.id: RequirementResult(r, known=r.id in known) for r in REQUIREMENTS})
 
+    def orphan_blocks(self) -> list[str]:
+        """Blocked requirements whose blocker did not fail in this run (it passed, or was
+        not run): their cause is not in the report, so the gate must not pass on them."""
+        out = []
+        for res in self.requirements.values():
+            if res.result != "blocked":
+                continue
+            for test in res.tests:
+                blocker = self.requirements.get(test.blocked_by)
+                if test.outcome == "blocked" and (blocker is None or blocker.result != "fail"):
+                    out.append(f"{res.requirement.id} blocked by {test.blocked_by}")
+                    break
+        return out
+
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(VERDICTS, 0)
         for res in self.requirements.values():
@@ -124,9 +138,12 @@ class Report:
 
     def impl_passed(self, impl: ImplResults) -> bool:
         """The gate for one implementation: no fail or error (nor warn when strict,
-        nor a fixed requirement with a strict baseline)."""
+        nor a fixed requirement with a strict baseline), and no blocked requirement
+        whose blocker did not fail here (its cause is not in the report)."""
         bad = {"fail", "error", "warn"} if self.strict else {"fail", "error"}
         if self.baseline_strict and impl.fixed():
+            return False
+        if impl.orphan_blocks():
             return False
         return not any(r.verdict in bad for r in impl.requirements.values())
 
