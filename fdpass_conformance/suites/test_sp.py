@@ -248,7 +248,9 @@ class SocketProxySuite(SuiteBase):
             not_applicable("the listener has no SO_REUSEPORT")
         second = srv.add_instance("constructed").number
         desc = srv.create_socket(port=srv.port, inst=second)
-        assert desc["sockname"][1] == srv.instances[0].port
+        assert desc["sockname"][1] == srv.instances[0].port, (
+            f"a second SO_REUSEPORT listener asked for port {srv.port} got {desc['sockname'][1]}"
+        )
 
     @pytest.mark.requirement("SP-16")
     @needs("served")
