@@ -23,6 +23,7 @@ from fdpass_conformance.report.baseline import EVERY, Baseline
 from fdpass_conformance.report.html import to_html
 from fdpass_conformance.report.markdown import to_markdown
 from fdpass_conformance.report.model import Report
+from fdpass_conformance.report.spec import sections
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 BROWSER = next((b for b in BROWSERS if shutil.which(b)), None)
@@ -186,3 +187,12 @@ def test_fixed_baseline_entries_are_listed() -> None:
     report.record("P", ["SP-01"], outcome("SP-01", "P", "pass"))
     assert "- P: SP-01 pass now: drop them from the baseline." in to_markdown(report)
     assert "fixed, drop from the baseline: SP-01" in to_html(report)
+
+
+def test_every_requirement_has_its_spec_section_for_the_evidence() -> None:
+    found = sections()
+    assert sorted(found) == sorted(r.id for r in REQUIREMENTS)
+    assert [rid for rid, s in found.items() if not s.why] == []
+    # The id mkdocs (Python-Markdown's toc) gives the heading, checked against a built site.
+    assert found["SP-05"].anchor == "sp-05-must-the-listener-has-so_reuseaddr"
+    assert found["SP-05"].url.endswith("spec.md#sp-05-must-the-listener-has-so_reuseaddr")
