@@ -291,7 +291,7 @@ class ProxyServer:
     def request(self, op: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Run a master operation; re-raise its exception here, remote traceback attached."""
         if self._ctl is None:
-            raise HarnessError("proxy_server: not started")
+            raise HarnessError("fdpass_proxy_server: not started")
         if self.exec_impl and op in PYTHON_ONLY_OPS:
             if op == "patch":
                 not_applicable(PYTHON_ONLY_OPS[op])
@@ -309,13 +309,13 @@ class ProxyServer:
             status, value, tb = recv_msg(self._ctl, wait)
         except WireTimeout:
             raise HarnessError(
-                f"proxy_server: master pid {self._master_pid} did not finish {op!r} within "
+                f"fdpass_proxy_server: master pid {self._master_pid} did not finish {op!r} within "
                 f"{wait}s (the implementation hangs in this step)"
             ) from None
         except WireClosed:
             self._reap_master(deadline=1.0)
             raise HarnessError(
-                f"proxy_server: master pid {self._master_pid} exited during {op!r} "
+                f"fdpass_proxy_server: master pid {self._master_pid} exited during {op!r} "
                 f"(status {self._describe_status()}){self._crash_note()}{self._pitfall()}"
             ) from None
         if status == "ok":
@@ -343,7 +343,7 @@ class ProxyServer:
     def connect(self, timeout: float = 5.0, inst: int = 0) -> socket.socket:
         port = self.instances[inst].port if self.instances else None
         if port is None:
-            raise HarnessError("proxy_server: no listener yet")
+            raise HarnessError("fdpass_proxy_server: no listener yet")
         return socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
     def request_reply(self, data: bytes = b"ping", timeout: float = 5.0, inst: int = 0) -> Reply:
@@ -381,7 +381,9 @@ class ProxyServer:
             deadline = time.monotonic() + wait
             while not _gone_or_zombie(pid):
                 if time.monotonic() > deadline:
-                    raise HarnessError(f"proxy_server: worker {index} (pid {pid}) survived {sig}")
+                    raise HarnessError(
+                        f"fdpass_proxy_server: worker {index} (pid {pid}) survived {sig}"
+                    )
                 time.sleep(0.002)
 
     def set_nofile(self, who: str | int, soft: int) -> tuple[int, int]:
@@ -432,10 +434,10 @@ class ProxyServer:
             done = {e.pid for e in found}
             crash = self.crash_report(exclude=done)
             if crash:
-                raise HarnessError(f"proxy_server: {crash}")
+                raise HarnessError(f"fdpass_proxy_server: {crash}")
             if time.monotonic() > deadline:
                 raise HarnessError(
-                    f"proxy_server: waited {wait}s for {count} {kind!r} event(s), got "
+                    f"fdpass_proxy_server: waited {wait}s for {count} {kind!r} event(s), got "
                     f"{len(found)}; {self.events_seen()}"
                 )
             self.events.drain(0.05)

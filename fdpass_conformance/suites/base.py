@@ -76,8 +76,10 @@ class SuiteBase:
             blocked(short.owner, short.why)
 
     @pytest.fixture
-    def server(self, impl: Callable[[], object], proxy_server: ProxyServerFactory) -> StartServer:
+    def server(
+        self, impl: Callable[[], object], fdpass_proxy_server: ProxyServerFactory
+    ) -> StartServer:
         def start(**options: Any) -> ProxyServer:
-            return proxy_server(impl, **options)
+            return fdpass_proxy_server(impl, **options)
 
         return start

@@ -106,3 +106,25 @@ def queue_perms() -> dict[int, str]:
 
 def error_lines(stderr: list[str]) -> list[str]:
     return [line for line in stderr if line.strip()]
+
+
+#: The reference MasterProxy with two real defects: it binds an ephemeral port when
+#: given ``None`` (SP-07, a MUST) and accepts the worker count ``"2"`` (FP-16, a SHOULD).
+SLOPPY = """
+from fdpass_conformance.reference import MasterProxy
+
+class Sloppy(MasterProxy):
+    def create_socket(self, port, protocol="tcp"):
+        return super().create_socket(0 if port is None else port, protocol)
+
+    def open_channels(self, workers):
+        return super().open_channels(int(workers) if isinstance(workers, str) else workers)
+"""
+
+SLOPPY_SUITE = """
+from fdpass_conformance import ContractSuite
+from sloppy import Sloppy
+
+class TestSloppy(ContractSuite):
+    factory = Sloppy
+"""
