@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Callable
+
+import psutil
 
 from ..harness.server import ProxyServer, Reply
 from ..leaks.fds import FdInfo, fd_count, fd_inventory, summarize
@@ -85,6 +88,38 @@ def outcome_of(call: Callable[[], object]) -> object:
         return call()
     except Exception as exc:
         return exc
+
+
+def wait_in_accept(srv: ProxyServer, indices: list[int], timeout: float = 10.0) -> None:
+    """Give the workers ``indices`` up to ``timeout`` seconds to wait in ``accept`` again.
+
+    FP-12 asks that new connections go to workers *already waiting* in
+    ``accept``, and SP-13 that sequential load reaches every worker: both
+    judge the proxy's choice among waiting workers, not the scheduler's
+    timing on a loaded machine. Asleep is not enough: an exec program's worker sleeps on its
+    control connection between two accepts, before it has told its master it
+    is idle. So a worker counts as waiting once the harness has called its
+    ``accept`` again (one "accepting" event more than the connections it
+    served) and the implementation's process has then been seen asleep twice
+    in a row (inside that accept). Not an assertion: on a loaded machine a
+    worker that is slow to get there is waited for, never blamed.
+    """
+    deadline = time.monotonic() + timeout
+
+    def back_in_accept(index: int) -> bool:
+        mine = [e for e in srv.events.events if e.role == "worker" and e.index == index]
+        served = sum(e.kind == "served" for e in mine)
+        return sum(e.kind == "accepting" for e in mine) > served
+
+    for index in indices:
+        while not back_in_accept(index) and time.monotonic() < deadline:
+            srv.events.drain(0.01)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(srv.worker_pids[index])
+            asleep = 0
+            while asleep < 2 and time.monotonic() < deadline:
+                asleep = asleep + 1 if proc.status() == psutil.STATUS_SLEEPING else 0
+                time.sleep(0.005)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

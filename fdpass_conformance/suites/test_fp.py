@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
 
-import psutil
 import pytest
 
 from ..harness.master_role import LISTENER
@@ -20,6 +18,7 @@ from .evidence import (
     fd_counts,
     outcome_of,
     unix_sockets,
+    wait_in_accept,
 )
 
 #: Exceptions that say "wrong call order" clearly; anything else looks like an internal bug.
@@ -29,36 +28,6 @@ CLEAR_ERRORS = (RuntimeError, OSError, ValueError)
 def _sigpipe_default() -> None:
     """Like a C or PHP master: SIGPIPE kills unless every send uses MSG_NOSIGNAL."""
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-
-
-def _wait_waiting(srv: ProxyServer, indices: list[int], timeout: float = 10.0) -> None:
-    """Give the workers ``indices`` up to ``timeout`` seconds to wait in ``accept`` again.
-
-    FP-12 asks that new connections go to workers *already waiting* in
-    ``accept``. Asleep is not enough: an exec program's worker sleeps on its
-    control connection between two accepts, before it has told its master it
-    is idle. So a worker counts as waiting once the harness has called its
-    ``accept`` again (one "accepting" event more than the connections it
-    served) and the implementation's process has then been seen asleep twice
-    in a row (inside that accept). Not an assertion: on a loaded machine a
-    worker that is slow to get there is waited for, never blamed.
-    """
-    deadline = time.monotonic() + timeout
-
-    def back_in_accept(index: int) -> bool:
-        mine = [e for e in srv.events.events if e.role == "worker" and e.index == index]
-        served = sum(e.kind == "served" for e in mine)
-        return sum(e.kind == "accepting" for e in mine) > served
-
-    for index in indices:
-        while not back_in_accept(index) and time.monotonic() < deadline:
-            srv.events.drain(0.01)
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc = psutil.Process(srv.worker_pids[index])
-            asleep = 0
-            while asleep < 2 and time.monotonic() < deadline:
-                asleep = asleep + 1 if proc.status() == psutil.STATUS_SLEEPING else 0
-                time.sleep(0.005)
 
 
 def _manual(srv: ProxyServer) -> ProxyServer:
@@ -228,7 +197,7 @@ class FdPassingSuite(SuiteBase):
             require_served(srv, held, "the connection to hold")
             idle = [i for i in range(len(srv.worker_pids)) if i != held.index]
             for n in range(6):
-                _wait_waiting(srv, idle)
+                wait_in_accept(srv, idle)
                 reply = srv.request_reply(timeout=5.0)
                 assert reply.answered, (
                     f"request {n} {describe_reply(reply, 5)} while worker {held.index} was busy "

@@ -15,7 +15,14 @@ from ..leaks.ports import port_is_free
 from ..outcomes import not_applicable
 from .applicability import require_served, served
 from .base import StartServer, SuiteBase, needs
-from .evidence import assert_fd_counts_flat, describe_reply, fd_counts, free_port, outcome_of
+from .evidence import (
+    assert_fd_counts_flat,
+    describe_reply,
+    fd_counts,
+    free_port,
+    outcome_of,
+    wait_in_accept,
+)
 from .faultctl import counted_fault
 
 #: Calls failed during setup (create_socket, then open_channels for an fd-passing
@@ -221,7 +228,10 @@ class SocketProxySuite(SuiteBase):
     @needs("served")
     def test_every_worker_serves(self, server: StartServer) -> None:
         srv = server(workers=3)
-        served = [_served_by(srv) for _ in range(24)]
+        served = []
+        for _ in range(24):
+            wait_in_accept(srv, [0, 1, 2])
+            served.append(_served_by(srv))
         indices = {i for i in served if i is not None}
         assert indices == {0, 1, 2}, (
             f"of 24 sequential requests, workers {sorted(indices)} served "
