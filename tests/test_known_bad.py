@@ -47,7 +47,13 @@ CORPUS_WORKERS = 4
 #: The inner sessions' Hypothesis profile (tests/known_bad/_profile.py).
 PROFILE_ARGS = ["-p", "known_bad._profile", "--fdpass-hypothesis-profile=fdpass-corpus"]
 
-pytestmark = pytest.mark.timeout(CORPUS_TIMEOUT + 2 * SOLO_TIMEOUT)
+#: One xdist worker runs this whole module (``--dist loadgroup`` in the pytest config):
+#: its corpus session is a module-scoped fixture, and split across two workers it ran
+#: twice at once, each session with CORPUS_WORKERS workers of its own.
+pytestmark = [
+    pytest.mark.timeout(CORPUS_TIMEOUT + 2 * SOLO_TIMEOUT),
+    pytest.mark.xdist_group("known-bad-corpus"),
+]
 
 TESTS_DIR = Path(__file__).resolve().parent
 KNOWN_BAD = TESTS_DIR / "known_bad"
