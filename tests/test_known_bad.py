@@ -68,6 +68,10 @@ REFERENCES: dict[str, frozenset[str]] = {
     "known_bad._master:PinnedMasterProxy": frozenset({"SP-15"}),
     # Correct designs written unlike the reference, which the suites must not fail.
     "known_bad._exact_buffer:ExactBufferMasterProxy": frozenset({"SP-15"}),
+    # A shared listener with a queue: the IPC class applies, IPC-08 (dispatch only) does not.
+    "known_bad._queue_shared_listener:QueueOwningSharedProxy": (
+        FP | FLT_FD_PASSING | {"SP-15", "FLT-04", "IPC-08"}
+    ),
 }
 
 #: Spurious failures (or misses) caused by a weakness of a suite, not by the proxy:
