@@ -12,8 +12,8 @@ import pytest
 from .. import cases
 from ..harness.server import HarnessError, ProxyServer, read_reply
 from ..leaks.ports import port_is_free
-from ..outcomes import blocked, not_applicable
-from .applicability import require_served, served_owner
+from ..outcomes import not_applicable
+from .applicability import require_served
 from .base import StartServer, SuiteBase, needs
 from .evidence import assert_fd_counts_flat, describe_reply, fd_counts, free_port, outcome_of
 from .faultctl import counted_fault
@@ -75,21 +75,13 @@ def _fail_dispatch(
     """``dispatch(timeout=2)`` with a client waiting and every ``call`` failing; its OSError.
 
     Every call fails, so that re-routing the connection to another worker cannot
-    hide the error. n/a for a proxy without dispatch, or whose dispatch makes no
-    such call; skipped when dispatch succeeded all the same (FLT-01 judges that).
+    hide the error. No connection needs to be served first: the errno is evidence
+    of its own. n/a for a proxy without dispatch, or whose dispatch makes no such
+    call; skipped when dispatch succeeded all the same (FLT-01 judges that).
     """
     if not server.fd_passing:
         not_applicable("not an fd-passing proxy (no dispatch)")
     server.set_auto(False)
-    with server.connect() as client:  # a warm-up: channels and lazy fds exist after it
-        client.sendall(b"warm-up")
-        try:
-            server.dispatch(timeout=5.0)
-        except HarnessError:
-            raise
-        except Exception as exc:
-            blocked(served_owner(True), f"a warm-up dispatch raised {exc!r}")
-        require_served(server, read_reply(client, b"", timeout=5.0), "a dispatched client")
     raised: Exception | None = None
     with server.connect() as client:
         client.sendall(b"sp18")
@@ -332,7 +324,6 @@ class SocketProxySuite(SuiteBase):
         _check_errno(_fail(server, request, fault), fault)
 
     @pytest.mark.requirement("SP-18")
-    @needs("served")
     @pytest.mark.parametrize("fault", cases.DISPATCH_FAULTS, ids=lambda f: f.label)
     def test_dispatch_errors_keep_the_errno(
         self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
@@ -347,7 +338,6 @@ class SocketProxySuite(SuiteBase):
         _check_named(_fail(server, request, fault), fault)
 
     @pytest.mark.requirement("SP-19")
-    @needs("served")
     @pytest.mark.parametrize("fault", cases.DISPATCH_FAULTS, ids=lambda f: f.label)
     def test_dispatch_errors_name_the_step(
         self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
