@@ -401,9 +401,12 @@ class FdPassingSuite(SuiteBase):
             f"{seq.label}: the refused {method}() left fds behind in {refused.where}: "
             f"{refused.fds_before} -> {refused.fds_after}"
         )
-        assert refused.ipc_after == refused.ipc_before, (
-            f"{seq.label}: the refused {method}() changed the IPC objects: "
-            f"{refused.ipc_before} -> {refused.ipc_after}"
+        # Only what the call left behind: a queue removed by a child's close() on the way
+        # is IPC-10's defect, not this one's.
+        made = [o for o in refused.ipc_after if o not in refused.ipc_before]
+        assert not made, (
+            f"{seq.label}: the refused {method}() left IPC objects behind: "
+            + "; ".join(o.describe() for o in made)
         )
 
     @pytest.mark.requirement("FP-16")

@@ -247,7 +247,7 @@ def test_epipe_kills_a_sender_without_msg_nosignal_at_sig_dfl(flags: int, dies: 
 
     def child() -> bytes:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        a, b = socket.socketpair()
+        a, _b = socket.socketpair()
         with PatchedErrno("socket.socket.sendmsg", "EPIPE"):
             try:
                 a.sendmsg([b"x"], [], flags)
