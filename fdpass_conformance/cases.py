@@ -25,6 +25,11 @@ class Case:
     label: str
     value: object
 
+    @property
+    def id(self) -> str:
+        """The label as a pytest id: no double quotes or spaces to quote on a command line."""
+        return self.label.replace('"', "'").replace(" ", "_")
+
 
 @dataclass(frozen=True)
 class Fault:
@@ -36,6 +41,10 @@ class Fault:
     @property
     def label(self) -> str:
         return f"{self.call}: {self.error}"
+
+    @property
+    def id(self) -> str:
+        return f"{self.call}-{self.error}"
 
 
 def _str(value: str) -> Case:

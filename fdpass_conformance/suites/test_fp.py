@@ -410,7 +410,7 @@ class FdPassingSuite(SuiteBase):
         )
 
     @pytest.mark.requirement("FP-16")
-    @pytest.mark.parametrize("workers", cases.BAD_WORKER_COUNTS, ids=lambda c: c.label)
+    @pytest.mark.parametrize("workers", cases.BAD_WORKER_COUNTS, ids=lambda c: c.id)
     def test_invalid_worker_count(self, server: StartServer, workers: cases.Case) -> None:
         srv = server(upto="listening")
         fds, ipc = fd_counts(srv, ["master"]), srv.ipc_objects()
@@ -433,7 +433,7 @@ class FdPassingSuite(SuiteBase):
         )
 
     @pytest.mark.requirement("FP-16")
-    @pytest.mark.parametrize("index", cases.BAD_WORKER_INDEXES, ids=lambda c: c.label)
+    @pytest.mark.parametrize("index", cases.BAD_WORKER_INDEXES, ids=lambda c: c.id)
     def test_invalid_worker_index(self, server: StartServer, index: cases.Case) -> None:
         n = cases.CHANNELS_FOR_INDEX
         srv = server(upto="channels", workers=n)

@@ -165,7 +165,7 @@ class SocketProxySuite(SuiteBase):
             srv.call("close", inst=inst)
 
     @pytest.mark.requirement("SP-06")
-    @pytest.mark.parametrize("protocol", cases.BAD_PROTOCOLS, ids=lambda c: c.label)
+    @pytest.mark.parametrize("protocol", cases.BAD_PROTOCOLS, ids=lambda c: c.id)
     def test_unknown_protocol_is_rejected(self, server: StartServer, protocol: cases.Case) -> None:
         srv = server(upto="constructed")
         exc = _leaves_nothing(srv, 0, "create_socket", 0, protocol.value)
@@ -174,7 +174,7 @@ class SocketProxySuite(SuiteBase):
         )
 
     @pytest.mark.requirement("SP-07")
-    @pytest.mark.parametrize("port", cases.BAD_PORTS, ids=lambda c: c.label)
+    @pytest.mark.parametrize("port", cases.BAD_PORTS, ids=lambda c: c.id)
     def test_invalid_port_is_rejected(self, server: StartServer, port: cases.Case) -> None:
         srv = server(upto="constructed")
         exc = _leaves_nothing(srv, 0, "create_socket", port.value)
@@ -315,7 +315,7 @@ class SocketProxySuite(SuiteBase):
         assert not bad, f"{len(bad)} of 64 concurrent clients were not served: {bad[:5]}"
 
     @pytest.mark.requirement("SP-18")
-    @pytest.mark.parametrize("fault", cases.SETUP_FAULTS, ids=lambda f: f.label)
+    @pytest.mark.parametrize("fault", cases.SETUP_FAULTS, ids=lambda f: f.id)
     def test_errors_keep_the_errno(
         self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
     ) -> None:
@@ -324,21 +324,21 @@ class SocketProxySuite(SuiteBase):
         _check_errno(_fail(server, request, fault), fault)
 
     @pytest.mark.requirement("SP-18")
-    @pytest.mark.parametrize("fault", cases.DISPATCH_FAULTS, ids=lambda f: f.label)
+    @pytest.mark.parametrize("fault", cases.DISPATCH_FAULTS, ids=lambda f: f.id)
     def test_dispatch_errors_keep_the_errno(
         self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
     ) -> None:
         _check_errno(_fail(server, request, fault), fault)
 
     @pytest.mark.requirement("SP-19")
-    @pytest.mark.parametrize("fault", cases.SETUP_FAULTS, ids=lambda f: f.label)
+    @pytest.mark.parametrize("fault", cases.SETUP_FAULTS, ids=lambda f: f.id)
     def test_errors_name_the_step(
         self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
     ) -> None:
         _check_named(_fail(server, request, fault), fault)
 
     @pytest.mark.requirement("SP-19")
-    @pytest.mark.parametrize("fault", cases.DISPATCH_FAULTS, ids=lambda f: f.label)
+    @pytest.mark.parametrize("fault", cases.DISPATCH_FAULTS, ids=lambda f: f.id)
     def test_dispatch_errors_name_the_step(
         self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
     ) -> None:
