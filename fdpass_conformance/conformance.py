@@ -1,9 +1,12 @@
-"""The conformance run: registered only when ``--fdpass-impl`` is given.
+"""The conformance run: registered when ``--fdpass-impl`` is given or a suite is collected.
 
-Like pytest-timeout, the plugin object exists only when it has work to do. It
-adds the contract suites to the collection (no ``--pyargs`` needed, from any
-directory), turns requirement levels into pytest outcomes (a SHOULD failure
-is an xfail unless ``--fdpass-strict``), and gathers one result per
+Like pytest-timeout, the plugin object exists only when it has work to do:
+with ``--fdpass-impl`` from the start, and for a ``ContractSuite`` subclass in
+a project's own tree as soon as collection finds one (``plugin.SuiteGate``),
+so both ways of running the suites are the same gate. It adds the contract
+suites to the collection with ``--fdpass-impl`` (no ``--pyargs`` needed, from
+any directory), turns requirement levels into pytest outcomes (a SHOULD
+failure is an xfail unless ``--fdpass-strict``), and gathers one result per
 implementation and requirement for the terminal table and the report file.
 """
 
@@ -19,11 +22,12 @@ import pytest
 from . import outcomes
 from .catalogue import BY_ID
 from .harness.isolation import isolation_mode
-from .report import files
-from .report.model import Report, RequirementResult, TestOutcome
+from .report import baseline, files
+from .report.model import Report, RequirementResult, TestOutcome, id_ranges
 from .suites.base import SUITE_TIMEOUT
 
 SHOULD_REASON = "SHOULD-level requirement: reported, fails the run only with --fdpass-strict"
+KNOWN_REASON = "known failure, listed in the --fdpass-baseline"
 
 
 def requirement_ids(item: pytest.Item) -> list[str]:
@@ -46,7 +50,7 @@ def _impl_id(item: pytest.Item) -> str:
 def _one_line(report: pytest.TestReport) -> str:
     wasxfail = getattr(report, "wasxfail", None)
     if wasxfail and report.skipped:
-        return str(wasxfail).removeprefix(SHOULD_REASON + ": ")
+        return str(wasxfail).removeprefix(SHOULD_REASON + ": ").removeprefix(KNOWN_REASON + ": ")
     longrepr = report.longrepr
     if isinstance(longrepr, tuple):  # a skip: (path, lineno, "Skipped: reason")
         return _SKIP_PREFIX.sub("", str(longrepr[2]))
@@ -75,14 +79,23 @@ def _scale(config: pytest.Config, ids: list[str]) -> float:
 
 
 class ConformancePlugin:
-    def __init__(self, config: pytest.Config, timeout: float) -> None:
+    def __init__(self, config: pytest.Config, timeout: float, *, late: bool = False) -> None:
+        """``late``: registered after collection (a ContractSuite subclass run without
+        --fdpass-impl): the collection is the user's, and the header is printed
+        with the summary instead, since pytest printed its own header already."""
         self.config = config
+        self.late = late
         self.strict: bool = config.getoption("fdpass_strict")
         self.only: tuple[str, ...] = tuple(p.upper() for p in config.getoption("fdpass_only"))
-        self.report_path: str | None = config.getoption("fdpass_report")
+        self.report_paths: list[str] = config.getoption("fdpass_report")
         self.timeout = timeout
         self.report = Report(self.strict, isolation_mode(), _fault_layers())
-        if config.args_source != pytest.Config.ArgsSource.ARGS:
+        from .plugin import BASELINE_KEY
+
+        self.report.baseline = config.stash.get(BASELINE_KEY, None)
+        self.report.baseline_strict = bool(config.getoption("fdpass_baseline_strict"))
+        self.baseline_write: str | None = config.getoption("fdpass_baseline_write")
+        if not late and config.args_source != pytest.Config.ArgsSource.ARGS:
             # No paths on the command line: the suites alone, not testpaths or the
             # current directory. With paths, the user runs their own tests (the
             # fixtures are parametrized by --fdpass-impl) and names the suites
@@ -92,13 +105,15 @@ class ConformancePlugin:
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         from .plugin import get_impls
 
-        layers = "; ".join(f"{k}: {v}" for k, v in self.report.fault_layers.items())
         impls = "; ".join(
             f"{i.id}: {i.language}" + (f", adapter protocol {i.protocol}" if i.protocol else "")
             for i in get_impls(config)
         )
+        return [f"fdpass: implementations: {impls}", *self._run_lines()]
+
+    def _run_lines(self) -> list[str]:
+        layers = "; ".join(f"{k}: {v}" for k, v in self.report.fault_layers.items())
         return [
-            f"fdpass: implementations: {impls}",
             f"fdpass: IPC isolation: {self.report.isolation}",
             f"fdpass: fault layers: {layers}",
             "fdpass: levels: "
@@ -152,6 +167,9 @@ class ConformancePlugin:
         if exc is not None and outcome in ("fail", "error") and call.excinfo is not None:
             text = outcomes.details(exc, call.excinfo.tb)
             report.user_properties.append((outcomes.DETAILS, text))
+            waited = outcomes.timeout_reason(exc, call.excinfo.tb)
+            if waited:
+                report.user_properties.append((outcomes.REASON, waited))
         if (
             not self.strict
             and outcome == "fail"
@@ -160,6 +178,31 @@ class ConformancePlugin:
         ):
             report.outcome = "skipped"
             report.wasxfail = f"{SHOULD_REASON}: {_one_line(report)}"
+        return report
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_makereport")
+    def pytest_runtest_makereport_known(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """A failure of a requirement the baseline lists is an xfail: known, not the gate's.
+
+        Outside pytest_runtest_makereport (whose outcome it reads, so it wraps it):
+        only a proxy's failure ("fail", never a toolkit "error") of a test whose
+        every requirement is in the baseline for this implementation.
+        """
+        report = yield
+        known = self.report.baseline
+        if known is None or report.when != "call" or not report.failed:
+            return report
+        props = dict(report.user_properties)
+        ids = requirement_ids(item)
+        if (
+            ids
+            and props.get(outcomes.OUTCOME) == "fail"
+            and set(ids) <= known.for_impl(str(props.get("fdpass_impl", "")))
+        ):
+            report.outcome = "skipped"
+            report.wasxfail = f"{KNOWN_REASON}: {_one_line(report)}"
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -184,7 +227,7 @@ class ConformancePlugin:
                 TestOutcome(
                     report.nodeid,
                     outcome,
-                    _one_line(report),
+                    str(props.get(outcomes.REASON) or _one_line(report)),
                     layer,
                     str(props.get(outcomes.BLOCKED_BY, "")),
                     str(props.get(outcomes.DETAILS, "")),
@@ -193,15 +236,51 @@ class ConformancePlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
+        if self.late and self.report.impls:
+            tr.write_sep("=", "fdpass conformance")
+            for line in self._run_lines():
+                tr.write_line(line)
         for impl in self.report.impls.values():
             tr.write_sep("=", f"fdpass conformance: {impl.impl}")
+            not_run = [
+                r.requirement.id for r in impl.requirements.values() if r.verdict == "not-run"
+            ]
             for res in impl.requirements.values():
-                tr.write_line(_row(res), **_markup(res.verdict))
+                if res.verdict != "not-run":
+                    tr.write_line(_row(res), **_markup(res.verdict))
+            if not_run:  # one line, not 50 rows, for an --fdpass-only run
+                tr.write_line(f"{len(not_run)} not-run: {id_ranges(not_run)}")
             counts = ", ".join(f"{v} {k}" for k, v in impl.counts().items() if v)
             tr.write_line(f"{impl.impl}: {counts}")
-        if self.report_path and self.report.impls:
-            files.write(self.report, self.report_path)
-            tr.write_line(f"fdpass report written to {self.report_path}")
+            for orphan in impl.orphan_blocks():
+                tr.write_line(
+                    f"{orphan}, which did not fail in this run: the cause is not in this "
+                    "report, so the gate fails (run the blocker too)",
+                    red=True,
+                )
+        for impl in self.report.impls.values():
+            for rid in impl.fixed():
+                tr.write_line(
+                    f"fdpass baseline: {impl.impl} {rid} is fixed: drop it from the baseline "
+                    f"{self.report.baseline.source if self.report.baseline else ''}",
+                    **({"red": True} if self.report.baseline_strict else {"yellow": True}),
+                )
+        for path in self.report_paths if self.report.impls else []:
+            files.write(self.report, path)
+            tr.write_line(f"fdpass report written to {path}")
+        if self.baseline_write and self.report.impls:
+            baseline.write(self.report, self.baseline_write)
+            tr.write_line(f"fdpass baseline written to {self.baseline_write}")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """The run fails when the report does though every test passed or warned: a
+        blocked check whose blocker did not fail here (its cause is not in the report),
+        a baseline listing a fixed requirement under --fdpass-baseline-strict."""
+        if hasattr(session.config, "workerinput"):
+            return  # an xdist worker sees part of the run; the controller decides
+        if session.exitstatus == pytest.ExitCode.OK and not self.report.passed():
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _row(res: RequirementResult) -> str:
@@ -222,4 +301,5 @@ def _markup(verdict: str) -> dict[str, bool]:
         "warn": {"yellow": True},
         "error": {"purple": True, "bold": True},
         "blocked": {"cyan": True},
+        "known": {"yellow": True},
     }.get(verdict, {})

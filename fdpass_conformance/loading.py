@@ -25,6 +25,13 @@ EXPECTED_FORM = "expected MODULE:ATTR, e.g. --fdpass-impl=reference:MasterProxy"
 EXEC_PREFIX = "exec:"
 EXEC_FORM = "expected exec:COMMAND ARGS..., e.g. --fdpass-impl='exec:./build/masterproxy'"
 
+#: Short module names of the toolkit's own proxies, used only where no module of
+#: that name is importable: the wheel installs the references as
+#: ``fdpass_conformance.reference`` and leaves the generic name ``reference`` to
+#: the projects that use it, yet ``--fdpass-impl=reference:MasterProxy`` works
+#: the same in this repository (whose ``reference/`` maps to it) and anywhere.
+ALIASES = {"reference": "fdpass_conformance.reference"}
+
 
 class ImplError(Exception):
     """One problem with one ``--fdpass-impl`` value, as a single printable line."""
@@ -166,7 +173,13 @@ def _split(spec: str) -> tuple[str, str]:
 
 def _import(spec: str, module_name: str) -> ModuleType:
     try:
-        return importlib.import_module(module_name)
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            top, dot, rest = module_name.partition(".")
+            if exc.name != top or top not in ALIASES:
+                raise
+            return importlib.import_module(ALIASES[top] + dot + rest)
     except ImportError as exc:
         hint = _not_on_path_hint(module_name, exc)
         raise ImplError(

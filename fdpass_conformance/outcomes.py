@@ -19,10 +19,13 @@ from typing import NoReturn
 
 import pytest
 
+from .contract import FD_PASSING_METHODS
+
 #: Keys of ``TestReport.user_properties`` that carry an outcome (they cross xdist).
 OUTCOME = "fdpass_outcome"
 BLOCKED_BY = "fdpass_blocked_by"
 DETAILS = "fdpass_details"
+REASON = "fdpass_reason"
 
 #: Set on an exception raised by the implementation's own code (in the server's
 #: master, where the harness calls it), so that it is judged as the proxy's outcome.
@@ -62,10 +65,13 @@ class MissingMethod(NotImplementedError):
     it (SP-01 for the four socket-proxy methods, FP-01 for the fd-passing three).
     """
 
-    def __init__(self, method: str, owner: str, detail: str = "") -> None:
-        super().__init__(f"the implementation has no {method}(){detail}")
-        self.method = method
-        self.owner = owner
+    def __init__(self, method: str, detail: str = "") -> None:
+        super().__init__(detail or f"the implementation has no {method}()")
+        self.method, self.detail = method, detail
+        self.owner = "FP-01" if method in FD_PASSING_METHODS else "SP-01"
+
+    def __reduce__(self) -> tuple[object, ...]:  # it crosses the control channel pickled
+        return (type(self), (self.method, self.detail), self.__dict__)
 
 
 def not_applicable(why: str) -> NoReturn:
@@ -103,6 +109,29 @@ def classify(exc: BaseException | None, failed: bool) -> tuple[str, str]:
     return ("fail", "") if failed else ("", "")
 
 
+def timeout_reason(exc: BaseException, tb: TracebackType | None) -> str:
+    """For a check cut off by pytest-timeout, what it was waiting for; '' otherwise.
+
+    pytest-timeout's own line ("Timeout (>60.0s) from pytest-timeout") names no
+    step. The innermost frames of the toolkit in the traceback do: the wait that
+    never ended, and the check that started it.
+    """
+    text = str(exc)
+    if not text.startswith("Timeout") or "pytest-timeout" not in text:
+        return ""
+    frames = traceback.extract_tb(tb)
+    # The innermost public step of the toolkit (``request``, ``read_reply``), not the
+    # private helper under it that happened to hold the blocking call.
+    ours = [f for f in frames if _inside(f.filename) and not f.name.startswith("_")]
+    if not ours:
+        return f"{text}: no step of the toolkit was running (the test's own code)"
+    where = f"{_short(ours[-1].filename)}:{ours[-1].lineno} in {ours[-1].name}"
+    checks = [f for f in frames if f.name.startswith("test_")]
+    origin = f", called from {checks[-1].name} line {checks[-1].lineno}" if checks else ""
+    head = text.split(" from pytest-timeout")[0]
+    return f"{head}: still waiting in {where}{origin} (the proxy blocks this step)"
+
+
 def details(exc: BaseException, tb: TracebackType | None, limit: int = 40) -> str:
     """The whole message and the traceback lines that matter: the suites', the harness's
     and the implementation's frames, not pytest's machinery, at most ``limit`` lines."""
@@ -117,6 +146,14 @@ def details(exc: BaseException, tb: TracebackType | None, limit: int = 40) -> st
     text = "\n".join([message, *lines, *(str(n) for n in notes)])
     out = text.splitlines()
     return "\n".join(out[:limit] + (["  ..."] if len(out) > limit else []))
+
+
+def _inside(filename: str) -> bool:
+    try:
+        Path(filename).resolve().relative_to(_PACKAGE)
+    except ValueError:
+        return False
+    return True
 
 
 def _short(filename: str) -> str:

@@ -7,9 +7,16 @@ run with one line per problem (exit code 4) before anything is collected.
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import pytest
 
 from fdpass_conformance.loading import ImplError, ImplSpec, load_impl, unique_ids
+from fdpass_conformance.report.baseline import Baseline
+
+if TYPE_CHECKING:
+    from fdpass_conformance.conformance import ConformancePlugin
 
 pytest_plugins = [
     "fdpass_conformance.fixtures.core",
@@ -19,6 +26,9 @@ pytest_plugins = [
 
 #: The validated implementations of this run, in command-line order.
 IMPLS_KEY = pytest.StashKey[list[ImplSpec]]()
+
+#: The --fdpass-baseline, loaded and checked at configure time.
+BASELINE_KEY = pytest.StashKey[Baseline]()
 
 #: Default per-test timeout of contract tests, in seconds (ini ``fdpass_timeout``).
 DEFAULT_TIMEOUT = 60.0
@@ -67,9 +77,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--fdpass-report",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="write the conformance report to PATH; the extension chooses the format: "
+        ".json, .md (a job summary) or .html (repeatable)",
+    )
+    group.addoption(
+        "--fdpass-baseline",
         default=None,
         metavar="PATH",
-        help="write the conformance report to PATH",
+        help="requirements known to fail (a JSON report of an earlier run, or a list of IDs "
+        "one per line): reported 'known', they do not fail the run; a new failure does",
+    )
+    group.addoption(
+        "--fdpass-baseline-strict",
+        action="store_true",
+        default=False,
+        help="also fail the run while the baseline lists a requirement that passes now",
+    )
+    group.addoption(
+        "--fdpass-baseline-write",
+        default=None,
+        metavar="PATH",
+        help="write this run's failing requirements as a baseline to PATH "
+        "(.json: the whole report, per implementation; otherwise a list of IDs)",
     )
     group.addoption(
         "--fdpass-hypothesis-profile",
@@ -107,7 +139,57 @@ def pytest_configure(config: pytest.Config) -> None:
     if impls:
         from fdpass_conformance.conformance import ConformancePlugin
 
-        config.pluginmanager.register(ConformancePlugin(config, timeout), "fdpass-conformance")
+        config.pluginmanager.register(ConformancePlugin(config, timeout), CONFORMANCE)
+    else:
+        config.pluginmanager.register(SuiteGate(config, timeout), "fdpass-suite-gate")
+
+
+#: The name the conformance plugin object is registered under.
+CONFORMANCE = "fdpass-conformance"
+
+
+class SuiteGate:
+    """A ``ContractSuite`` subclass run without ``--fdpass-impl`` is the same gate.
+
+    SHOULD failures warn unless --fdpass-strict, --fdpass-only selects, the
+    table, the report file and the junit properties are there: the conformance
+    plugin is registered as soon as collection finds a suite class. Under
+    pytest-xdist the controller collects nothing; it registers the plugin on
+    the first report that a worker's conformance plugin marked.
+    """
+
+    def __init__(self, config: pytest.Config, timeout: float) -> None:
+        self.config = config
+        self.timeout = timeout
+        self.plugin: ConformancePlugin | None = None
+
+    def _start(self) -> ConformancePlugin:
+        from fdpass_conformance.conformance import ConformancePlugin
+
+        if self.plugin is None:
+            self.plugin = ConformancePlugin(self.config, self.timeout, late=True)
+            self.config.pluginmanager.register(self.plugin, CONFORMANCE)
+        return self.plugin
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        if self.plugin is None and any(_is_suite_item(item) for item in items):
+            # Registered during this hook, the plugin misses this call of it.
+            self._start().pytest_collection_modifyitems(session, config, items)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.plugin is None and any(k == "fdpass_impl" for k, _ in report.user_properties):
+            self._start().pytest_runtest_logreport(report)
+
+
+def _is_suite_item(item: pytest.Item) -> bool:
+    # A suite class can only be collected once its module was imported.
+    base = sys.modules.get("fdpass_conformance.suites.base")
+    cls = getattr(item, "cls", None)
+    return base is not None and isinstance(cls, type) and issubclass(cls, base.SuiteBase)
 
 
 def _check_run_options(config: pytest.Config) -> list[str]:
@@ -121,11 +203,20 @@ def _check_run_options(config: pytest.Config) -> list[str]:
             select(list(only))
         except ValueError as exc:
             problems.append(f"--fdpass-only={','.join(only)}: {exc}")
-    report = config.getoption("fdpass_report")
-    if report:
+    for report in config.getoption("fdpass_report"):
         problem = check_path(report)
         if problem:
             problems.append(problem)
+    path = config.getoption("fdpass_baseline")
+    if path:
+        from fdpass_conformance.report import baseline
+
+        try:
+            config.stash[BASELINE_KEY] = baseline.load(path)
+        except baseline.BaselineError as exc:
+            problems.append(str(exc))
+    elif config.getoption("fdpass_baseline_strict"):
+        problems.append("--fdpass-baseline-strict: no --fdpass-baseline=PATH to hold to")
     return problems
 
 

@@ -6,6 +6,12 @@ fd-passing proxy written against the contract alone) and
 inheritable). The gate command of the recipe must pass the first with exit
 code 0 and no failing MUST requirement, and fail the second with exit code 1
 and exactly FP-05 and SP-20 failing, read from the JSON report.
+
+The project also adopts the gate the other ways docs/ci.md describes: its
+``conformance-baseline.txt`` holds the broken proxy's known failure (the gate
+then passes, and fails again on any other failure), ``pytest tests/`` runs
+``ContractSuite`` as the same gate beside the project's own ``proxy_server``
+fixture, and the job-summary Markdown shows the verdict and the failing rows.
 """
 
 from __future__ import annotations
@@ -142,24 +148,70 @@ def test_the_broken_proxy_fails_the_gate_on_exactly_its_defect(tmp_path: Path) -
     assert failed_reqs == BROKEN_FAILS
 
 
-@pytest.mark.timeout(300)
-def test_the_example_project_tests_pass() -> None:
-    """The downstream project's own fixture-based tests (shown in docs/writing-tests.md)."""
+@pytest.mark.timeout(GATE_TIMEOUT + 60)
+def test_the_example_project_tests_pass(tmp_path: Path) -> None:
+    """``pytest tests/`` of the downstream project: its fixture-based tests (shown in
+    docs/writing-tests.md), its own ``proxy_server`` fixture, and ContractSuite as the gate."""
+    summary, junit = tmp_path / "summary.md", tmp_path / "junit.xml"
     code, out = run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/test_acme_fixtures.py",
-        ],
+        [sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "tests/",
+         f"--junitxml={junit}", f"--fdpass-report={summary}"],
         EXAMPLE,
-        240,
-    )
+        GATE_TIMEOUT,
+    )  # fmt: skip
     assert code == 0, out[-3000:]
-    assert "5 passed" in out, out[-3000:]
+    cases = {
+        (str(c.get("classname")).rsplit(".", 1)[-1], str(c.get("name"))): c
+        for c in ET.parse(junit).getroot().iter("testcase")
+    }
+    own = [k for k in cases if k[0] in ("test_acme_fixtures", "test_acme_own")]
+    assert len(own) == 7, sorted(cases)[:20]
+    assert all(list(cases[k]) == [] for k in own), "a project test did not pass"
+    # ContractSuite is the gate: its table, and the job summary of it.
+    assert "fdpass conformance: AcmeMasterProxy" in out, out[-3000:]
+    text = summary.read_text(encoding="utf-8")
+    assert text.startswith("## fd-passing proxy conformance: PASS"), text
+    assert "| AcmeMasterProxy | pass |" in text
+    assert "No requirement failed, warned, errored or was blocked." in text
+
+
+@pytest.mark.timeout(GATE_TIMEOUT + 60)
+def test_the_baseline_holds_the_broken_proxys_known_failure(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    baseline = EXAMPLE / "conformance-baseline.txt"
+    code, out = run(
+        [sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider",
+         f"--fdpass-impl={BROKEN}", f"--fdpass-baseline={baseline}", "--fdpass-baseline-strict",
+         f"--fdpass-report={summary}"],
+        tmp_path,
+        GATE_TIMEOUT,
+    )  # fmt: skip
+    assert code == 0, out[-3000:]
+    for rid in sorted(BROKEN_FAILS):
+        assert f"{rid:<7} MUST   known" in out, rid
+    text = summary.read_text(encoding="utf-8")
+    assert text.startswith("## fd-passing proxy conformance: PASS"), text
+    rows = re.findall(r"^\| AcmeMasterProxy \| (\S+) \| MUST \| (\S+) \|", text, re.M)
+    assert sorted(rows) == [(rid, "known") for rid in sorted(BROKEN_FAILS)], text
+
+
+@pytest.mark.timeout(300)
+def test_a_failure_the_baseline_does_not_list_fails_the_gate(tmp_path: Path) -> None:
+    partial = tmp_path / "baseline.txt"
+    partial.write_text("FP-05\n", encoding="utf-8")
+    summary = tmp_path / "summary.md"
+    code, out = run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--fdpass-impl={BROKEN}",
+         "--fdpass-only=FP-05,SP-20", f"--fdpass-baseline={partial}",
+         f"--fdpass-report={summary}"],
+        tmp_path,
+        240,
+    )  # fmt: skip
+    assert code == 1, out[-3000:]
+    assert "SP-20   MUST   fail" in out and "FP-05   MUST   known" in out, out[-3000:]
+    text = summary.read_text(encoding="utf-8")
+    assert text.startswith("## fd-passing proxy conformance: FAIL")
+    assert "| AcmeMasterProxy | SP-20 | MUST | **fail** |" in text
 
 
 def test_the_example_workflow_follows_the_recipe() -> None:
@@ -168,6 +220,8 @@ def test_the_example_workflow_follows_the_recipe() -> None:
         f"--fdpass-impl={GOOD}",
         "--junitxml=reports/junit.xml",
         "--fdpass-report=reports/conformance.json",
+        "--fdpass-report=reports/summary.md",
+        'cat reports/summary.md >> "$GITHUB_STEP_SUMMARY"',
         "python -m pip install -e '.[test]'",
         "sudo -E",
         "if: always()",

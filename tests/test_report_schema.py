@@ -11,6 +11,7 @@ untested.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import pytest
 
 from fdpass_conformance.catalogue import REQUIREMENTS
 from fdpass_conformance.report import model
-from fdpass_conformance.report.model import REPORT_VERSION, RESULTS, Report
+from fdpass_conformance.report.baseline import EVERY, Baseline
+from fdpass_conformance.report.model import REPORT_VERSION, RESULTS, VERDICTS, Report
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "report.schema.json"
 RUN = ["--fdpass-impl=reference:ForkSharedProxy", "--fdpass-only=SP-0", "-p", "no:cacheprovider"]
@@ -51,8 +53,8 @@ def test_schema_enums_follow_the_model() -> None:
     """The schema names the same results, verdicts and version as report/model.py."""
     defs = schema()["$defs"]
     assert set(defs["result"]["enum"]) == set(RESULTS)
-    assert set(defs["verdict"]["enum"]) == {*RESULTS, "warn"}
-    assert set(defs["implementation"]["properties"]["counts"]["required"]) == {*RESULTS, "warn"}
+    assert set(defs["verdict"]["enum"]) == set(VERDICTS)
+    assert set(defs["implementation"]["properties"]["counts"]["required"]) == set(VERDICTS)
     assert schema()["properties"]["version"]["const"] == REPORT_VERSION
     assert set(defs["test"]["properties"]["outcome"]["enum"]) == set(RESULTS) - {"not-run"}
 
@@ -78,15 +80,18 @@ def test_a_conformance_session_writes_the_report(pytester: pytest.Pytester, suff
         assert report["passed"] is True
         assert sum(impl["counts"].values()) == len(REQUIREMENTS)
     elif suffix == ".md":
-        assert "| ID | Level | Result | Test | Reason |" in text
-        for rid in SELECTED:
-            assert f"| {rid} | MUST | pass |" in text, rid
-        assert "| FP-01 | MUST | not-run |" in text
+        assert text.startswith("## fd-passing proxy conformance: PASS")
+        counts = (
+            f"| ForkSharedProxy | pass | {len(SELECTED)} | {len(REQUIREMENTS) - len(SELECTED)} |"
+        )
+        assert counts in text, text
+        assert "No requirement failed, warned, errored or was blocked." in text
     else:
         assert text.startswith("<!DOCTYPE html>")
-        for rid in SELECTED:
-            assert f"<tr class='pass'><td>{rid}</td><td>MUST</td>" in text, rid
-        assert "<tr class='not-run'><td>FP-01</td>" in text
+        for req in REQUIREMENTS:
+            verdict = "pass" if req.id in SELECTED else "not-run"
+            row = re.search(rf"<tr class='req' id='req-{req.id}'.*?</tr>", text)
+            assert row is not None and f"<td class='cell v-{verdict}'" in row.group(0), req.id
 
 
 def _outcome(rid: str, outcome: str, reason: str = "", layer: str = "") -> model.TestOutcome:
@@ -99,6 +104,7 @@ def test_every_verdict_validates(strict: bool) -> None:
         strict,
         "global-ipcs+lock (disabled by FDPASS_CONFORMANCE_NO_IPC_NAMESPACE)",
         {"kernel": "available", "syscall": "unavailable: strace not found on PATH"},
+        baseline=Baseline("known.txt", {"Impl": frozenset({"IPC-03", "IPC-04"})}),
     )
     report.record("Impl", ["SP-01"], _outcome("SP-01", "pass"))
     report.record("Impl", ["SP-02"], _outcome("SP-02", "fail", "AssertionError: leaked fd 7"))
@@ -110,6 +116,8 @@ def test_every_verdict_validates(strict: bool) -> None:
     blocked.blocked_by = "FP-02"
     report.record("Impl", ["SP-16"], blocked)
     report.record("Impl", ["IPC-02"], _outcome("IPC-02", "error", "AttributeError: x"))
+    report.record("Impl", ["IPC-03"], _outcome("IPC-03", "fail", "queue left: 0600"))
+    report.record("Impl", ["IPC-04"], _outcome("IPC-04", "pass"))
     report.record("Other", ["SP-01"], _outcome("SP-01", "pass"))
     data = report.to_dict()
     validate(data)
@@ -117,7 +125,20 @@ def test_every_verdict_validates(strict: bool) -> None:
     assert verdicts["SP-02"] == "fail" and verdicts["SP-13"] == "warn"
     assert verdicts["FP-02"] == "skip" and verdicts["IPC-01"] == "not-run"
     assert verdicts["SP-16"] == "blocked" and verdicts["IPC-02"] == "error"
+    assert verdicts["IPC-03"] == "known" and data["implementations"][0]["fixed"] == ["IPC-04"]
+    assert data["baseline"] == {"source": "known.txt", "strict": False}
     assert data["passed"] is False
+
+
+def test_known_failures_alone_pass_unless_the_baseline_is_strict() -> None:
+    report = Report(False, "ipc-namespace", {"kernel": "available"})
+    report.baseline = Baseline("b.txt", {EVERY: frozenset({"SP-02", "SP-03"})})
+    report.record("Impl", ["SP-02"], _outcome("SP-02", "fail", "leaked fd 7"))
+    report.record("Impl", ["SP-03"], _outcome("SP-03", "pass"))
+    validate(report.to_dict())
+    assert report.passed() is True
+    report.baseline_strict = True
+    assert report.passed() is False and report.to_dict()["passed"] is False
 
 
 @pytest.mark.parametrize(
@@ -127,6 +148,9 @@ def test_every_verdict_validates(strict: bool) -> None:
         (("tool",), "other"),
         (("implementations", 0, "counts", "warn"), -1),
         (("implementations", 0, "requirements", 0, "verdict"), "warn"),
+        (("implementations", 0, "requirements", 0, "verdict"), "known"),
+        (("implementations", 0, "fixed"), ["fp-1"]),
+        (("baseline",), {"source": ""}),
         (("implementations", 0, "requirements", 0, "tests"), []),
         (("implementations", 0, "requirements", 0, "tests", 0, "outcome"), "not-run"),
         (("implementations", 0, "requirements", 0, "tests", 0, "blocked_by"), "the network"),

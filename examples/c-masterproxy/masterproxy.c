@@ -1,6 +1,7 @@
 /*
- * masterproxy.c: an fd-passing MasterProxy in plain C, behind the fdpass
- * adapter protocol 1 (docs/adapter.md).
+ * masterproxy.c: an fd-passing MasterProxy in plain C, on the fdpass adapter kit
+ * (fdpass_adapter.h: protocol 2, docs/adapter.md). This file is the proxy; the kit
+ * speaks the protocol, forks the workers and keeps the table of fds handed out.
  *
  * The master accepts each connection and passes it to a worker with
  * SCM_RIGHTS over an AF_UNIX SOCK_SEQPACKET socket pair; a private System V
@@ -10,38 +11,34 @@
  * the worker's index + 1, so a worker can take its own token back when it got a
  * connection without one (round-robin) and is no longer idle.
  *
- *   cc -O2 -Wall -Werror -o masterproxy masterproxy.c
+ *   cc -O2 -Wall -Werror -o masterproxy masterproxy.c fdpass_adapter.c
  *   pytest --fdpass-impl=exec:./masterproxy
  *
  * Compile-time switches for the conformance toolkit's own tests:
  *   -DBROKEN_NO_CLOEXEC  workers receive connections without MSG_CMSG_CLOEXEC
  *                        (the broken twin: fails FP-05 and SP-20)
  *   -DEXIT_ON_REQUEST=N  the master exits (status 3) on its N-th request
+ *   -DBROKEN_NO_ERRNO    (a switch of the kit) error replies carry no errno, as from
+ *                        a library whose exceptions have none
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/socket.h>
-#include <sys/un.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#define PROTOCOL 1
+#include "fdpass_adapter.h"
+
 #define MAX_WORKERS 64
 #define MAX_LISTENERS 16
-#define MAX_HELD 16
-#define MAX_LINE 65536
-#define MAX_FIELDS 16
 
 #ifdef BROKEN_NO_CLOEXEC
 #define RECV_FLAGS 0
@@ -49,340 +46,18 @@
 #define RECV_FLAGS MSG_CMSG_CLOEXEC
 #endif
 
-/* ---- a JSON reader for the flat request objects of the protocol ---------- */
-
-enum jtype { J_NONE, J_NULL, J_BOOL, J_INT, J_FLOAT, J_STRING, J_OTHER };
-
-struct jval {
-    enum jtype type;
-    long long i; /* J_INT, J_BOOL */
-    int big;     /* J_INT that does not fit in a long long */
-    double f;    /* J_FLOAT (and J_INT) */
-    char s[256]; /* J_STRING, truncated */
-};
-
-struct field {
-    char key[32];
-    struct jval v;
-};
-
-struct request {
-    int n;
-    struct field f[MAX_FIELDS];
-};
-
-static const char *skip_ws(const char *p) {
-    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
-        p++;
-    return p;
-}
-
-/* p at the opening quote; returns the char after the closing quote, or NULL. */
-static const char *parse_string(const char *p, char *out, size_t cap) {
-    size_t n = 0;
-    p++;
-    while (*p && *p != '"') {
-        char c = *p++;
-        if (c == '\\') {
-            char e = *p++;
-            switch (e) {
-            case 'n': c = '\n'; break;
-            case 't': c = '\t'; break;
-            case 'r': c = '\r'; break;
-            case 'b': c = '\b'; break;
-            case 'f': c = '\f'; break;
-            case 'u': {
-                unsigned code = 0;
-                for (int k = 0; k < 4; k++, p++) {
-                    char h = *p;
-                    if (!h)
-                        return NULL;
-                    code = code * 16 + (unsigned)(h <= '9' ? h - '0' : (h | 0x20) - 'a' + 10);
-                }
-                c = code < 0x80 ? (char)code : '?';
-                break;
-            }
-            case '\0': return NULL;
-            default: c = e; /* \" \\ \/ */
-            }
-        }
-        if (n + 1 < cap)
-            out[n++] = c;
-    }
-    if (*p != '"')
-        return NULL;
-    if (cap)
-        out[n] = '\0';
-    return p + 1;
-}
-
-/* Skips a nested object or array (the protocol never sends one; tolerate it). */
-static const char *skip_nested(const char *p) {
-    int depth = 0;
-    char tmp[2];
-    do {
-        if (*p == '"') {
-            p = parse_string(p, tmp, sizeof tmp);
-            if (!p)
-                return NULL;
-            continue;
-        }
-        if (*p == '{' || *p == '[')
-            depth++;
-        else if (*p == '}' || *p == ']')
-            depth--;
-        else if (!*p)
-            return NULL;
-        p++;
-    } while (depth > 0);
-    return p;
-}
-
-static const char *parse_value(const char *p, struct jval *v) {
-    memset(v, 0, sizeof *v);
-    if (*p == '"') {
-        v->type = J_STRING;
-        return parse_string(p, v->s, sizeof v->s);
-    }
-    if (*p == '{' || *p == '[') {
-        v->type = J_OTHER;
-        return skip_nested(p);
-    }
-    if (!strncmp(p, "true", 4) || !strncmp(p, "false", 5)) {
-        v->type = J_BOOL;
-        v->i = *p == 't';
-        return p + (*p == 't' ? 4 : 5);
-    }
-    if (!strncmp(p, "null", 4)) {
-        v->type = J_NULL;
-        return p + 4;
-    }
-    const char *start = p;
-    int is_float = 0;
-    while (*p && strchr("+-0123456789.eE", *p)) {
-        if (*p == '.' || *p == 'e' || *p == 'E')
-            is_float = 1;
-        p++;
-    }
-    if (p == start)
-        return NULL;
-    char num[64];
-    size_t len = (size_t)(p - start) < sizeof num - 1 ? (size_t)(p - start) : sizeof num - 1;
-    memcpy(num, start, len);
-    num[len] = '\0';
-    v->f = strtod(num, NULL);
-    if (is_float) {
-        v->type = J_FLOAT;
-        return p;
-    }
-    v->type = J_INT;
-    errno = 0;
-    v->i = strtoll(num, NULL, 10);
-    v->big = errno == ERANGE || (size_t)(p - start) >= sizeof num - 1;
-    return p;
-}
-
-/* A flat JSON object into rq; -1 if it is not one. */
-static int parse_object(const char *line, struct request *rq) {
-    const char *p = skip_ws(line);
-    rq->n = 0;
-    if (*p++ != '{')
-        return -1;
-    p = skip_ws(p);
-    if (*p == '}')
-        return 0;
-    for (;;) {
-        struct field scratch, *f = rq->n < MAX_FIELDS ? &rq->f[rq->n] : &scratch;
-        p = skip_ws(p);
-        if (*p != '"' || !(p = parse_string(p, f->key, sizeof f->key)))
-            return -1;
-        p = skip_ws(p);
-        if (*p++ != ':')
-            return -1;
-        p = skip_ws(p);
-        if (!(p = parse_value(p, &f->v)))
-            return -1;
-        if (f != &scratch)
-            rq->n++;
-        p = skip_ws(p);
-        if (*p == '}')
-            return 0;
-        if (*p++ != ',')
-            return -1;
-    }
-}
-
-static const struct jval *get(const struct request *rq, const char *key) {
-    for (int k = 0; k < rq->n; k++)
-        if (!strcmp(rq->f[k].key, key))
-            return &rq->f[k].v;
-    return NULL;
-}
-
-static const char *type_name(const struct jval *v) {
-    static const char *names[] = {"nothing", "null", "bool", "int", "float", "str", "object"};
-    return v ? names[v->type] : names[0];
-}
-
-/* ---- the control connection ---------------------------------------------- */
-
-static int ctl = -1;
-static char inbuf[MAX_LINE];
-static size_t inlen;
-
-static int connect_adapter(void) {
-    const char *path = getenv("FDPASS_ADAPTER_SOCKET");
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (!path || strlen(path) >= sizeof addr.sun_path) {
-        fprintf(stderr, "masterproxy: FDPASS_ADAPTER_SOCKET is not set (run me through the "
-                        "fdpass adapter: pytest --fdpass-impl=exec:...)\n");
-        return -1;
-    }
-    strcpy(addr.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
-        fprintf(stderr, "masterproxy: connect(%s) failed: %s\n", path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-/* The next line from the adapter (without its newline); NULL at EOF. */
-static char *read_line(void) {
-    static char line[MAX_LINE];
-    for (;;) {
-        char *nl = memchr(inbuf, '\n', inlen);
-        if (nl) {
-            size_t len = (size_t)(nl - inbuf);
-            memcpy(line, inbuf, len);
-            line[len] = '\0';
-            inlen -= len + 1;
-            memmove(inbuf, nl + 1, inlen);
-            return line;
-        }
-        if (inlen == sizeof inbuf)
-            return NULL; /* an overlong line: treat as the end */
-        ssize_t n = recv(ctl, inbuf + inlen, sizeof inbuf - inlen, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return NULL;
-        inlen += (size_t)n;
-    }
-}
-
-/* A reply line; with fd >= 0 that fd travels with it (SCM_RIGHTS). Plain replies
- * use send(), so that syscall faults injected into sendmsg hit only the data path. */
-static void send_line(const char *text, int fd) {
-    size_t len = strlen(text);
-    if (fd < 0) {
-        while (len) {
-            ssize_t n = send(ctl, text, len, MSG_NOSIGNAL);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0)
-                _exit(0); /* the adapter is gone */
-            text += n;
-            len -= (size_t)n;
-        }
-        return;
-    }
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    struct iovec iov = {.iov_base = (void *)text, .iov_len = len};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-                         .msg_controllen = sizeof u.buf};
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    ssize_t n;
-    do
-        n = sendmsg(ctl, &msg, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
-    if (n < 0)
-        _exit(0);
-    if ((size_t)n < len)
-        send_line(text + n, -1);
-}
-
-static void json_escape(char *out, size_t cap, const char *in) {
-    size_t n = 0;
-    for (; *in && n + 7 < cap; in++) {
-        unsigned char c = (unsigned char)*in;
-        if (c == '"' || c == '\\') {
-            out[n++] = '\\';
-            out[n++] = (char)c;
-        } else if (c < 0x20) {
-            n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
-        } else {
-            out[n++] = (char)c;
-        }
-    }
-    out[n] = '\0';
-}
-
-static void reply_ok(const char *result) {
-    char line[512];
-    snprintf(line, sizeof line, "{\"ok\":true,\"result\":%s}\n", result);
-    send_line(line, -1);
-}
-
-static void reply_int(long long value) {
-    char text[32];
-    snprintf(text, sizeof text, "%lld", value);
-    reply_ok(text);
-}
-
-static void reply_fd(int fd) {
-    char line[128];
-    snprintf(line, sizeof line, "{\"ok\":true,\"result\":{\"fd\":%d}}\n", fd);
-    send_line(line, fd);
-}
-
-/* An error reply: kind is OSError, TimeoutError, EOFError, ValueError, TypeError, ... */
-static void reply_error(const char *kind, int err, const char *fmt, ...) {
-    char message[512], escaped[1024], line[1280];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(message, sizeof message, fmt, ap);
-    va_end(ap);
-    json_escape(escaped, sizeof escaped, message);
-    if (err)
-        snprintf(line, sizeof line, "{\"ok\":false,\"error\":\"%s\",\"errno\":%d,\"message\":\"%s\"}\n",
-                 kind, err, escaped);
-    else
-        snprintf(line, sizeof line, "{\"ok\":false,\"error\":\"%s\",\"message\":\"%s\"}\n", kind,
-                 escaped);
-    send_line(line, -1);
-}
-
-static void os_error(int err, const char *fmt, ...) {
-    char message[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(message, sizeof message, fmt, ap);
-    va_end(ap);
-    reply_error("OSError", err, "%s: %s", message, strerror(err));
-}
-
-/* hello, and the adapter's answer to it; 0 if accepted. */
-static int handshake(const char *hello) {
-    struct request rq;
-    send_line(hello, -1);
-    char *line = read_line();
-    if (!line || parse_object(line, &rq) < 0)
-        return -1;
-    const struct jval *ok = get(&rq, "ok");
-    return ok && ok->type == J_BOOL && ok->i ? 0 : -1;
-}
-
-/* ---- the proxy ----------------------------------------------------------- */
+/* The kit's names, short. */
+#define reply_error fdpass_reply_error
+#define os_error fdpass_os_error
+#define want_int fdpass_want_int
+#define get fdpass_arg
+#define type_name fdpass_type_name
+#define J_NULL FDPASS_NULL
+#define J_INT FDPASS_INT
+#define J_FLOAT FDPASS_FLOAT
+#define J_STRING FDPASS_STRING
+typedef struct fdpass_request request_t;
+typedef struct fdpass_value jval_t;
 
 static pid_t owner;                   /* the master: only it removes the queue */
 static int listeners[MAX_LISTENERS];  /* returned by create_socket, still open */
@@ -394,8 +69,8 @@ static int wends[MAX_WORKERS];        /* worker ends, until the first dispatch *
 static int dead[MAX_WORKERS];
 static int next_rr;
 /* worker side */
-static int is_worker, my_index = -1, chan = -1, token_out;
-static int held[MAX_HELD], nheld; /* accepted fds the adapter has not released yet */
+static int chan = -1, token_out;
+static int nheld; /* connections accepted and not yet released */
 
 struct token {
     long mtype; /* worker index + 1 */
@@ -425,13 +100,6 @@ static void close_channels(void) {
 static void close_listeners(void) {
     while (nlisteners)
         close(listeners[--nlisteners]);
-}
-
-static int is_listener(long long fd) {
-    for (int k = 0; k < nlisteners; k++)
-        if (listeners[k] == fd)
-            return 1;
-    return 0;
 }
 
 static int queue_gone(int err) { return err == EIDRM || err == EINVAL; }
@@ -522,23 +190,15 @@ static int remaining_ms(long long deadline) {
     return left > 0 ? (int)left : 0;
 }
 
-static int want_int(const char *op, const char *name, const struct jval *v) {
-    if (!v || v->type != J_INT) {
-        reply_error("TypeError", 0, "%s: %s must be an int, got %s", op, name, type_name(v));
-        return 0;
-    }
-    return 1;
-}
-
 static int master_only(const char *op) {
-    if (!is_worker)
+    if (fdpass_worker_index() < 0)
         return 1;
-    os_error(EINVAL, "%s: not allowed in worker %d", op, my_index);
+    os_error(EINVAL, "%s: not allowed in worker %d", op, fdpass_worker_index());
     return 0;
 }
 
-static void op_create_socket(const struct request *rq) {
-    const struct jval *port = get(rq, "port"), *proto = get(rq, "protocol");
+static void op_create_socket(const request_t *rq) {
+    const jval_t *port = get(rq, "port"), *proto = get(rq, "protocol");
     if (!want_int("create_socket", "port", port))
         return;
     if (port->big || port->i < 0 || port->i > 65535) {
@@ -573,7 +233,7 @@ static void op_create_socket(const struct request *rq) {
             step = "listen()";
             if (listen(s, SOMAXCONN) == 0) {
                 listeners[nlisteners++] = s;
-                reply_fd(s);
+                fdpass_reply_fd(s);
                 return;
             }
         }
@@ -583,8 +243,8 @@ static void op_create_socket(const struct request *rq) {
     os_error(err, "create_socket: %s failed", step);
 }
 
-static void op_open_channels(const struct request *rq) {
-    const struct jval *w = get(rq, "workers");
+static void op_open_channels(const request_t *rq) {
+    const jval_t *w = get(rq, "workers");
     if (!want_int("open_channels", "workers", w))
         return;
     if (w->big || w->i < 1 || w->i > MAX_WORKERS) {
@@ -619,60 +279,15 @@ static void op_open_channels(const struct request *rq) {
     }
     nworkers = n;
     next_rr = 0;
-    reply_ok("null");
+    fdpass_reply_null();
 }
 
-static void worker_loop(void);
-
-static void op_fork_worker(const struct request *rq) {
-    const struct jval *index = get(rq, "index");
-    if (!want_int("fork_worker", "index", index) || !master_only("fork_worker"))
-        return;
-    if (!nworkers) {
-        os_error(EINVAL, "fork_worker: call open_channels() first");
-        return;
-    }
-    if (index->big || index->i < 0 || index->i >= nworkers) {
-        reply_error("ValueError", 0, "fork_worker: index outside 0..%d", nworkers - 1);
-        return;
-    }
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        os_error(errno, "fork_worker: fork() failed");
-        return;
-    }
-    if (pid == 0) {
-        char hello[160];
-        is_worker = 1;
-        my_index = (int)index->i;
-        close_fd(&ctl); /* the master's connection is the master's alone */
-        inlen = 0;
-        if ((ctl = connect_adapter()) < 0)
-            _exit(1);
-        snprintf(hello, sizeof hello,
-                 "{\"hello\":{\"protocol\":%d,\"role\":\"worker\",\"index\":%d,\"pid\":%d}}\n",
-                 PROTOCOL, my_index, (int)getpid());
-        if (handshake(hello) < 0)
-            _exit(1);
-        worker_loop();
-        _exit(0);
-    }
-    char result[48];
-    snprintf(result, sizeof result, "{\"pid\":%d}", (int)pid);
-    reply_ok(result);
-}
-
-static void op_dispatch(const struct request *rq) {
-    const struct jval *l = get(rq, "listener"), *t = get(rq, "timeout");
+static void op_dispatch(const request_t *rq, int listener) {
+    const jval_t *t = get(rq, "timeout");
     if (!master_only("dispatch"))
         return;
     if (!nworkers) {
         os_error(EINVAL, "dispatch: call create_socket() and open_channels() first");
-        return;
-    }
-    if (!l || l->type != J_INT || !is_listener(l->i)) {
-        os_error(EBADF, "dispatch: the listener is not open in the master");
         return;
     }
     if (t && t->type != J_NULL && t->type != J_INT && t->type != J_FLOAT) {
@@ -686,24 +301,21 @@ static void op_dispatch(const struct request *rq) {
     long long deadline = -1;
     if (t && t->type != J_NULL)
         deadline = now_ms() + (t->f > 0 ? (long long)(t->f * 1000.0) : 0);
-    struct pollfd p = {.fd = (int)l->i, .events = POLLIN};
-    for (;;) {
-        int r = poll(&p, 1, remaining_ms(deadline));
-        if (r > 0)
-            break;
-        if (r == 0) {
-            reply_error("TimeoutError", ETIMEDOUT, "dispatch: no connection within %gs",
-                        t ? t->f : 0.0);
-            return;
-        }
-        if (errno != EINTR) {
-            os_error(errno, "dispatch: poll() on the listener failed");
-            return;
-        }
+    int r;
+    while ((r = fdpass_wait_readable(listener, remaining_ms(deadline))) < 0 && errno == EINTR)
+        ;
+    if (r == 0) {
+        reply_error("TimeoutError", ETIMEDOUT, "dispatch: no connection within %gs",
+                    t ? t->f : 0.0);
+        return;
+    }
+    if (r < 0) {
+        os_error(errno, "dispatch: poll() on the listener failed");
+        return;
     }
     int conn;
     do
-        conn = accept4((int)l->i, NULL, NULL, SOCK_CLOEXEC);
+        conn = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
     while (conn < 0 && errno == EINTR);
     if (conn < 0) {
         os_error(errno, "dispatch: accept() failed");
@@ -735,7 +347,7 @@ static void op_dispatch(const struct request *rq) {
         }
         if (send_fd(mends[i], conn, via_token ? 'T' : 'R') == 0) {
             close(conn); /* the worker has its own copy now */
-            reply_int(i);
+            fdpass_reply_int(i);
             return;
         }
         int err = errno;
@@ -757,8 +369,8 @@ static void op_dispatch(const struct request *rq) {
     }
 }
 
-static void op_enter_worker(const struct request *rq) {
-    const struct jval *index = get(rq, "index");
+static void op_enter_worker(const request_t *rq) {
+    const jval_t *index = get(rq, "index");
     if (!want_int("enter_worker", "index", index))
         return;
     if (!nworkers) {
@@ -769,7 +381,8 @@ static void op_enter_worker(const struct request *rq) {
         reply_error("ValueError", 0, "enter_worker: index outside 0..%d", nworkers - 1);
         return;
     }
-    if (!is_worker) {
+    int my_index = fdpass_worker_index();
+    if (my_index < 0) {
         os_error(EINVAL, "enter_worker: this is the master; call it in a forked worker");
         return;
     }
@@ -784,32 +397,22 @@ static void op_enter_worker(const struct request *rq) {
     close_channels();
     close_listeners();
     token_out = post_token(my_index); /* idle from now on */
-    reply_ok("null");
+    fdpass_reply_null();
 }
 
-static void op_accept(void) {
+static void op_accept(const request_t *rq, int listener) {
+    int my_index = fdpass_worker_index();
+    (void)rq, (void)listener; /* a worker's connections come from its channel */
     if (chan < 0) {
-        os_error(EINVAL, "accept: call enter_worker() first%s", is_worker ? "" : " (this is "
-                 "the master)");
+        os_error(EINVAL, "accept: call enter_worker() first%s", my_index >= 0 ? "" : " (this "
+                 "is the master)");
         return;
     }
     if (!token_out)
         token_out = post_token(my_index);
-    struct pollfd p[2] = {{.fd = chan, .events = POLLIN}, {.fd = ctl, .events = POLLIN}};
-    for (;;) {
-        if (poll(p, 2, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            os_error(errno, "accept: poll() failed");
-            return;
-        }
-        if (p[1].revents) { /* the adapter went away while we wait: so do we */
-            char c;
-            if (recv(ctl, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0)
-                _exit(0);
-        }
-        if (p[0].revents)
-            break;
+    if (fdpass_wait_readable(chan, -1) < 0) { /* the adapter's end exits meanwhile */
+        os_error(errno, "accept: poll() failed");
+        return;
     }
     char tag = 0;
     union {
@@ -845,7 +448,7 @@ static void op_accept(void) {
         reply_error("EOFError", 0, "accept: the master closed the channel");
         return;
     }
-    if (nfds != 1 || nheld == MAX_HELD) {
+    if (nfds != 1) {
         while (nfds)
             close(fds[--nfds]);
         os_error(EBADMSG, "accept: expected 1 fd from the master");
@@ -861,103 +464,67 @@ static void op_accept(void) {
             ;
         token_out = 0;
     }
-    held[nheld++] = fds[0];
-    reply_fd(fds[0]);
+    nheld++;
+    fdpass_reply_fd(fds[0]);
 }
 
-static void op_release(const struct request *rq) {
-    const struct jval *fd = get(rq, "fd");
-    if (!want_int("release", "fd", fd))
-        return;
-    int *list = is_worker ? held : listeners, *count = is_worker ? &nheld : &nlisteners;
-    for (int k = 0; k < *count; k++)
-        if (list[k] == fd->i) {
-            close(list[k]);
-            list[k] = list[--*count];
-            if (chan >= 0 && !nheld && !token_out) /* done with its connection: idle again */
-                token_out = post_token(my_index);
-            reply_ok("null");
+/* The adapter is done with a listener or a connection this process handed out. */
+static void op_release(int fd) {
+    for (int k = 0; k < nlisteners; k++)
+        if (listeners[k] == fd) {
+            listeners[k] = listeners[--nlisteners];
+            close(fd);
             return;
         }
-    os_error(EBADF, "release: fd %lld was not handed out by this process", fd->i);
+    close(fd);
+    if (nheld > 0 && !--nheld && chan >= 0 && !token_out) /* done with it: idle again */
+        token_out = post_token(fdpass_worker_index());
 }
 
-static void op_close(void) {
+static void op_close(const request_t *rq) {
+    (void)rq;
     close_listeners();
     close_channels();
     close_fd(&chan);
-    while (nheld)
-        close(held[--nheld]);
-    if (is_worker)
+    if (fdpass_worker_index() >= 0)
         qid = -1; /* a worker never removes or changes the master's queue */
     else
         remove_queue();
-    reply_ok("null");
+    fdpass_reply_null();
 }
 
-static void handle(const char *line) {
-    struct request rq;
-    if (parse_object(line, &rq) < 0) {
-        reply_error("ValueError", 0, "not a JSON object: %.60s", line);
-        return;
+static void op_is_supported(const request_t *rq) {
+    (void)rq;
+    fdpass_reply_bool(1);
+}
+
+#ifdef EXIT_ON_REQUEST
+static void count_request(const char *op) {
+    static int requests;
+    (void)op;
+    if (++requests == EXIT_ON_REQUEST) {
+        fprintf(stderr, "masterproxy: exiting on request %d as compiled\n", requests);
+        exit(3);
     }
-    const struct jval *op = get(&rq, "op");
-    const char *name = op && op->type == J_STRING ? op->s : "";
-    if (!strcmp(name, "is_supported"))
-        reply_ok("true");
-    else if (!strcmp(name, "create_socket"))
-        op_create_socket(&rq);
-    else if (!strcmp(name, "open_channels"))
-        op_open_channels(&rq);
-    else if (!strcmp(name, "fork_worker"))
-        op_fork_worker(&rq);
-    else if (!strcmp(name, "dispatch"))
-        op_dispatch(&rq);
-    else if (!strcmp(name, "enter_worker"))
-        op_enter_worker(&rq);
-    else if (!strcmp(name, "accept"))
-        op_accept();
-    else if (!strcmp(name, "release"))
-        op_release(&rq);
-    else if (!strcmp(name, "close"))
-        op_close();
-    else
-        reply_error("ValueError", 0, "unknown op \"%.40s\"", name);
 }
-
-static void worker_loop(void) {
-    char *line;
-    while ((line = read_line()))
-        handle(line);
-}
+#endif
 
 int main(void) {
-    char hello[256];
+    static const struct fdpass_proxy proxy = {
+        .name = "c-masterproxy",
+        .capability = "fd-passing",
+        .is_supported = op_is_supported,
+        .create_socket = op_create_socket,
+        .open_channels = op_open_channels,
+        .enter_worker = op_enter_worker,
+        .dispatch = op_dispatch,
+        .accept = op_accept,
+        .close = op_close,
+        .release = op_release,
+#ifdef EXIT_ON_REQUEST
+        .before_request = count_request,
+#endif
+    };
     owner = getpid();
-    if ((ctl = connect_adapter()) < 0)
-        return 2;
-    snprintf(hello, sizeof hello,
-             "{\"hello\":{\"protocol\":%d,\"role\":\"master\",\"pid\":%d,\"language\":\"c\","
-             "\"name\":\"c-masterproxy\",\"capabilities\":[\"fd-passing\"]}}\n",
-             PROTOCOL, (int)owner);
-    if (handshake(hello) < 0) {
-        fprintf(stderr, "masterproxy: the adapter refused the hello\n");
-        return 2;
-    }
-    char *line;
-#ifdef EXIT_ON_REQUEST
-    int requests = 0;
-#endif
-    while ((line = read_line())) {
-        while (waitpid(-1, NULL, WNOHANG) > 0) /* reap workers that ended */
-            ;
-#ifdef EXIT_ON_REQUEST
-        if (++requests == EXIT_ON_REQUEST) {
-            fprintf(stderr, "masterproxy: exiting on request %d as compiled\n", requests);
-            return 3;
-        }
-#endif
-        handle(line);
-    }
-    return 0; /* the adapter closed the connection: we are done */
+    return fdpass_run(&proxy);
 }

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from .program import DEFAULT_DEADLINE, ENV_DEADLINE, Hello
 from .proxy import ExecFactory, ExecFdPassingProxy, ExecProxy, RemoteSocket, exec_impl
-from .wire import ENV_PROTOCOL, ENV_SOCKET, PROTOCOL, ProgramError
+from .wire import (
+    ENV_PROTOCOL,
+    ENV_SOCKET,
+    PROTOCOL,
+    PROTOCOLS,
+    ProgramDefect,
+    ProgramError,
+    UnsupportedMethod,
+)
 
 __all__ = [
     "DEFAULT_DEADLINE",
@@ -23,11 +31,14 @@ __all__ = [
     "ENV_PROTOCOL",
     "ENV_SOCKET",
     "PROTOCOL",
+    "PROTOCOLS",
     "ExecFactory",
     "ExecFdPassingProxy",
     "ExecProxy",
     "Hello",
+    "ProgramDefect",
     "ProgramError",
     "RemoteSocket",
+    "UnsupportedMethod",
     "exec_impl",
 ]

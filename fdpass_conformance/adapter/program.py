@@ -32,6 +32,7 @@ from .wire import (
     ENV_SOCKET,
     POLL_SLICE,
     PROTOCOL,
+    PROTOCOLS,
     Channel,
     PeerGone,
     ProgramError,
@@ -184,7 +185,7 @@ def _call(
         if not reply["ok"]:
             if fds:
                 raise ProtocolViolation("fds came with an error reply")
-            error = exception_from(reply)
+            error = exception_from(reply, ctx.who, ctx.op)
         else:
             result = reply.get("result")
             if not want_fd:
@@ -335,13 +336,18 @@ class Launch:
                 f"said hello as {hello.role} pid {hello.pid}; the started process is pid "
                 f"{self.pid} and must say hello as master (exec the program, don't fork it)",
             )
-        if hello.protocol != PROTOCOL:
+        if hello.protocol not in PROTOCOLS:
+            known = ", ".join(map(str, PROTOCOLS))
             self._send_quietly(
-                b'{"ok": false, "error": "ValueError", "message": "unsupported protocol"}\n'
-            )
+                json.dumps(
+                    {"ok": False, "error": "ValueError",
+                     "message": f"unknown adapter protocol {hello.protocol}; known: {known}"}
+                ).encode() + b"\n"
+            )  # fmt: skip
             raise self.trouble(
                 "garbage",
-                f"speaks adapter protocol {hello.protocol}; this adapter speaks {PROTOCOL}",
+                f"speaks adapter protocol {hello.protocol}, which this toolkit does not know "
+                f"(it speaks {known}): use a kit for protocol {PROTOCOL} or a newer toolkit",
             )
         caps = [c for c in hello.capabilities if c in CAPABILITIES]
         if len(caps) != 1:
@@ -351,7 +357,7 @@ class Launch:
                 f"{', '.join(CAPABILITIES)} is required",
             )
         self.hello = hello
-        self._send_quietly(_reply_ok({"protocol": PROTOCOL}))
+        self._send_quietly(_reply_ok({"protocol": hello.protocol}))
 
     def _send_quietly(self, data: bytes) -> None:
         assert self.chan is not None
@@ -395,14 +401,19 @@ class Launch:
             except (TimeoutError, PeerGone, ProtocolViolation) as exc:
                 chan.close()
                 raise ProgramError(f"{who}: no valid hello ({exc})") from None
-            if hello.role != "worker" or hello.index != index or hello.pid != pid:
+            if (
+                hello.role != "worker"
+                or hello.index != index
+                or hello.pid != pid
+                or (self.hello is not None and hello.protocol != self.hello.protocol)
+            ):
                 chan.close()
                 raise ProgramError(
                     f"{who}: the connection said hello as {hello.role} {hello.index} "
-                    f"pid {hello.pid}"
+                    f"pid {hello.pid} protocol {hello.protocol}"
                 )
             try:
-                chan.send(_reply_ok({"protocol": PROTOCOL}))
+                chan.send(_reply_ok({"protocol": hello.protocol}))
             except PeerGone as exc:
                 chan.close()
                 raise ProgramError(f"{who} ended right after its hello ({exc})") from None

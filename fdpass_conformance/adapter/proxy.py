@@ -41,7 +41,7 @@ from ..contract import ProtocolType
 from ..harness.worker_role import WorkerGone
 from .procfs import RemoteFdFiller, fd_flags
 from .program import Hello, Launch, WorkerLink, default_deadline, probe, still_holds
-from .wire import ProgramError
+from .wire import ProgramDefect, ProgramError
 
 
 class RemoteSocket(socket.socket):
@@ -231,10 +231,17 @@ class ExecProxy:
         if link is not None:
             if not state.closed:
                 state.closed = True
-                with contextlib.suppress(ProgramError, WorkerGone):  # gone: released all
+                defect: ProgramDefect | None = None
+                try:
                     link.call("close", {}, seconds=self._factory.deadline)
+                except ProgramDefect as exc:
+                    defect = exc  # a bug in the worker's close: the implementation's to fix
+                except (ProgramError, WorkerGone):
+                    pass  # gone: it released everything
                 state.closing = True
                 link.chan.close()
+                if defect is not None:
+                    raise defect
             return
         if os.getpid() != state.owner or state.launch is None:
             return  # a forked non-worker, or never started: nothing of ours to release
@@ -323,6 +330,8 @@ class ExecProxy:
             seconds = None if timeout is None else float(timeout) + self._factory.deadline
         try:
             return launch.call(op, args, want_fd, seconds)
+        except ProgramDefect:
+            raise  # the program answered: a defect of the call, and the program goes on
         except ProgramError as exc:
             raise self._fail(exc) from None
 

@@ -21,9 +21,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ..harness.server import HarnessError
+from ..outcomes import MissingMethod
 
-#: The protocol version this adapter speaks (docs/adapter.md).
-PROTOCOL = 1
+#: The newest protocol version this adapter speaks (docs/adapter.md), announced to the
+#: program in $FDPASS_ADAPTER_PROTOCOL.
+PROTOCOL = 2
+#: Every version a program may say hello with. Version 2 adds the error kinds
+#: ``internal`` and ``unsupported``, which a version 1 program never sends.
+PROTOCOLS = (1, 2)
 #: Environment variables the program is started with.
 ENV_SOCKET = "FDPASS_ADAPTER_SOCKET"
 ENV_PROTOCOL = "FDPASS_ADAPTER_PROTOCOL"
@@ -53,7 +58,7 @@ def _timeout_error(code: int | None, message: str) -> BaseException:
     return TimeoutError(code if code is not None else errno.ETIMEDOUT, message)
 
 
-#: Error kinds a reply may name, and how each is re-raised here.
+#: Error kinds a reply may name that are Python exceptions, and how each is re-raised here.
 ERROR_KINDS: dict[str, Callable[[int | None, str], BaseException]] = {
     "OSError": _os_error,
     "TimeoutError": _timeout_error,
@@ -66,8 +71,25 @@ ERROR_KINDS: dict[str, Callable[[int | None, str], BaseException]] = {
 }
 
 
+#: Error kinds that are no Python exception: a bug inside the program, a missing method.
+INTERNAL = "internal"
+UNSUPPORTED = "unsupported"
+
+
 class ProgramError(HarnessError):
     """The program broke the protocol: it died, hung or spoke garbage. One line."""
+
+
+class ProgramDefect(ProgramError):
+    """The program reported a bug inside itself (error kind ``internal``: a PHP ``\\Error``,
+    a failed assertion): the implementation's defect, with the program's own message.
+    The program is still running and answering, so nothing is killed."""
+
+
+class UnsupportedMethod(MissingMethod):
+    """The program has no such method (error kind ``unsupported``): the requirements that
+    need it are reported blocked by the one that asks for the method (SP-01 or FP-01),
+    not as failures of the methods the program does have."""
 
 
 class ProtocolViolation(Exception):
@@ -93,12 +115,17 @@ def encode(op: str, args: dict[str, Any]) -> bytes:
     return json.dumps(msg, allow_nan=False).encode() + b"\n"
 
 
-def exception_from(reply: dict[str, Any]) -> BaseException:
-    """The exception an error reply names; ProtocolViolation if it names none we know."""
+def exception_from(reply: dict[str, Any], who: str = "the program", op: str = "") -> BaseException:
+    """The exception an error reply names; ProtocolViolation if it names none we know.
+
+    ``who`` and ``op`` (the process and the request) go into the two kinds that are
+    about the program rather than about the call: ``internal`` and ``unsupported``.
+    """
     kind = reply.get("error")
-    if not isinstance(kind, str) or kind not in ERROR_KINDS:
+    if not isinstance(kind, str) or kind not in (*ERROR_KINDS, INTERNAL, UNSUPPORTED):
         raise ProtocolViolation(
-            f"error reply names kind {kind!r}, expected one of {', '.join(ERROR_KINDS)}"
+            f"error reply names kind {kind!r}, expected one of "
+            f"{', '.join((*ERROR_KINDS, INTERNAL, UNSUPPORTED))}"
         )
     message = reply.get("message", "")
     if not isinstance(message, str):
@@ -106,6 +133,15 @@ def exception_from(reply: dict[str, Any]) -> BaseException:
     code = reply.get("errno")
     if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
         raise ProtocolViolation(f"error reply has a non-integer errno {code!r}")
+    if kind == INTERNAL:
+        return ProgramDefect(
+            f"{who} reported an internal error (a bug in the program) during {op!r}: "
+            f"{' '.join(message.split()) or '(no message)'}"
+        )
+    if kind == UNSUPPORTED:
+        return UnsupportedMethod(
+            op, f"{who} does not implement {op!r}" + (f": {message}" if message else "")
+        )
     return ERROR_KINDS[kind](code, message)
 
 

@@ -8,7 +8,7 @@ by side with the default one:
 
 from __future__ import annotations
 
-from reference import MasterProxy
+from fdpass_conformance.reference import MasterProxy
 
 #: Waiting room of the bounded variants: larger than any burst (--burst <= 2000), so the
 #: bench measures the bounded hand-out, never the overflow policy.

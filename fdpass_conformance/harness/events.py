@@ -33,7 +33,7 @@ class Event:
 
 
 #: Events that may be dropped when the pipe is full: repeated error reports.
-LOSSY = frozenset({"serve-error", "select-error", "close-error"})
+LOSSY = frozenset({"serve-error", "select-error", "close-error", "accepting"})
 #: Seconds any other event waits for room in a full pipe before it is dropped.
 LIFECYCLE_WAIT = 5.0
 

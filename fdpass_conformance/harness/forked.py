@@ -102,7 +102,7 @@ class ChildFailed(Exception):
 
 
 class ForkWorkers(Protocol):
-    """The signature of the ``forked_workers`` fixture."""
+    """The signature of the ``fdpass_forked_workers`` fixture."""
 
     def __call__(
         self, n: int, target: Callable[[int], object], *, deadline: float = 10.0

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..contract import FD_PASSING_METHODS, check_impl, is_fd_passing
+from ..contract import check_impl, is_fd_passing
 from ..outcomes import MissingMethod, from_implementation
 from .childproc import CRASHED, fork_child
 from .events import EventWriter
@@ -90,8 +90,7 @@ def method_of(proxy: object, name: str) -> Callable[..., Any]:
     names the requirement that asks for it when the proxy has none."""
     member = getattr(proxy, name, None)
     if not callable(member):
-        owner = "FP-01" if name in FD_PASSING_METHODS else "SP-01"
-        raise from_implementation(MissingMethod(name, owner))
+        raise from_implementation(MissingMethod(name))
     call: Callable[..., Any] = member
     return call
 

@@ -119,6 +119,13 @@ PYTHON_ONLY_OPS = {
     "the harness's master cannot make the program's own system calls fail with EINTR",
 }
 
+#: Why a master dies of SIGPIPE, and the fix (checked: /work/shared/facts.md).
+SIGPIPE_PITFALL = (
+    "a send to a dead worker raised SIGPIPE: every send on a channel needs MSG_NOSIGNAL "
+    "(in Python, socket.send_fds() drops its flags argument, CPython gh-107898: call "
+    "sock.sendmsg(buffers, [(SOL_SOCKET, SCM_RIGHTS, fds)], socket.MSG_NOSIGNAL) instead)"
+)
+
 #: Steps of ``ProxyServer.start``, in order; ``upto`` stops after one of them.
 STEPS = ("constructed", "listening", "channels", "serving")
 
@@ -284,7 +291,7 @@ class ProxyServer:
     def request(self, op: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Run a master operation; re-raise its exception here, remote traceback attached."""
         if self._ctl is None:
-            raise HarnessError("proxy_server: not started")
+            raise HarnessError("fdpass_proxy_server: not started")
         if self.exec_impl and op in PYTHON_ONLY_OPS:
             if op == "patch":
                 not_applicable(PYTHON_ONLY_OPS[op])
@@ -302,14 +309,14 @@ class ProxyServer:
             status, value, tb = recv_msg(self._ctl, wait)
         except WireTimeout:
             raise HarnessError(
-                f"proxy_server: master pid {self._master_pid} did not finish {op!r} within "
+                f"fdpass_proxy_server: master pid {self._master_pid} did not finish {op!r} within "
                 f"{wait}s (the implementation hangs in this step)"
             ) from None
         except WireClosed:
             self._reap_master(deadline=1.0)
             raise HarnessError(
-                f"proxy_server: master pid {self._master_pid} exited during {op!r} "
-                f"(status {self._describe_status()}){self._crash_note()}"
+                f"fdpass_proxy_server: master pid {self._master_pid} exited during {op!r} "
+                f"(status {self._describe_status()}){self._crash_note()}{self._pitfall()}"
             ) from None
         if status == "ok":
             return value
@@ -336,7 +343,7 @@ class ProxyServer:
     def connect(self, timeout: float = 5.0, inst: int = 0) -> socket.socket:
         port = self.instances[inst].port if self.instances else None
         if port is None:
-            raise HarnessError("proxy_server: no listener yet")
+            raise HarnessError("fdpass_proxy_server: no listener yet")
         return socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
     def request_reply(self, data: bytes = b"ping", timeout: float = 5.0, inst: int = 0) -> Reply:
@@ -346,7 +353,9 @@ class ProxyServer:
         except ConnectionRefusedError:
             return Reply(False, "refused")
         with sock:
-            return read_reply(sock, data, timeout)
+            reply = read_reply(sock, data, timeout)
+        self.events.drain(0.0)  # keep the event pipe from filling over many requests
+        return reply
 
     def hold(self, timeout: float = 5.0, inst: int = 0) -> tuple[socket.socket, Reply]:
         """A connection that a worker keeps open (busy) until the socket is closed here."""
@@ -372,7 +381,9 @@ class ProxyServer:
             deadline = time.monotonic() + wait
             while not _gone_or_zombie(pid):
                 if time.monotonic() > deadline:
-                    raise HarnessError(f"proxy_server: worker {index} (pid {pid}) survived {sig}")
+                    raise HarnessError(
+                        f"fdpass_proxy_server: worker {index} (pid {pid}) survived {sig}"
+                    )
                 time.sleep(0.002)
 
     def set_nofile(self, who: str | int, soft: int) -> tuple[int, int]:
@@ -423,12 +434,25 @@ class ProxyServer:
             done = {e.pid for e in found}
             crash = self.crash_report(exclude=done)
             if crash:
-                raise HarnessError(f"proxy_server: {crash}")
+                raise HarnessError(f"fdpass_proxy_server: {crash}")
             if time.monotonic() > deadline:
                 raise HarnessError(
-                    f"proxy_server: waited {wait}s for {count} {kind!r} event(s), got {len(found)}"
+                    f"fdpass_proxy_server: waited {wait}s for {count} {kind!r} event(s), got "
+                    f"{len(found)}; {self.events_seen()}"
                 )
             self.events.drain(0.05)
+
+    def events_seen(self) -> str:
+        """What the processes reported, compactly: the evidence of a wait that failed."""
+        counts: dict[str, int] = {}
+        for e in self.events.events:
+            who = "master" if e.role == "master" else f"worker {e.index}"
+            why = e.detail.get("errno")
+            label = f"{who} {e.kind}" + (f" (errno {why})" if why else "")
+            counts[label] = counts.get(label, 0) + 1
+        if not counts:
+            return "no event from any process"
+        return "seen: " + ", ".join(f"{k} x{n}" if n > 1 else k for k, n in counts.items())
 
     def crash_report(self, exclude: set[int] | None = None, traceback: bool = True) -> str:
         """The first crash of a harness process (``worker 0 (pid N) crashed: ...``), or ''."""
@@ -489,6 +513,13 @@ class ProxyServer:
         if os.WIFSIGNALED(s):
             return f"killed by {signal.Signals(os.WTERMSIG(s)).name}"
         return f"exit {os.WEXITSTATUS(s)}"
+
+    def _pitfall(self) -> str:
+        """A known cause of this death, when the status points at one."""
+        s = self._master_status
+        if s is not None and os.WIFSIGNALED(s) and os.WTERMSIG(s) == signal.SIGPIPE:
+            return f"; {SIGPIPE_PITFALL}"
+        return ""
 
     def _crash_note(self) -> str:
         self.events.drain()

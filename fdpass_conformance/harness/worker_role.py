@@ -98,6 +98,9 @@ def run_worker(
     filler = make_filler() if callable(make_filler) else FdFiller()
     errors = 0
     while True:
+        # Says "this worker is about to wait for its next connection": FP-12 needs to
+        # know that a worker is back in accept, not merely asleep somewhere else.
+        events.emit("accepting")
         try:
             conn = proxy.accept(listener)
         except EOFError:

@@ -19,15 +19,16 @@ nothing on the host.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..harness.server import HarnessError, ProxyServer, Reply, ServerOptions
+from ..harness.server import ProxyServer, Reply, ServerOptions, read_reply
 from ..outcomes import blocked
 from .evidence import describe_reply
 
-#: Connections the probe tries before it concludes that the proxy serves nothing,
-#: and how long each may take: generous, because a wrong "serves nothing" would block
+#: Clients the probe connects at once before it concludes that the proxy serves nothing,
+#: and how long they may take: generous, because a wrong "serves nothing" would block
 #: many checks of a correct proxy on a loaded machine.
 PROBE_TRIES = 2
 PROBE_TIMEOUT = 5.0
@@ -110,16 +111,29 @@ def _observe(factory: Callable[[], object]) -> Facts:
 
 
 def _unserved(server: ProxyServer) -> str:
-    """Empty if a connection was answered by a worker; otherwise what the clients saw."""
-    seen: list[Reply] = []
-    for _ in range(PROBE_TRIES):
-        try:
-            reply = server.request_reply(b"probe", timeout=PROBE_TIMEOUT)
-        except (OSError, HarnessError) as exc:
-            return f"a client could not connect: {type(exc).__name__}: {_line(exc)}"
-        if reply.answered:
-            return ""
-        seen.append(reply)
+    """Empty if a connection was answered by a worker; otherwise what the clients saw.
+
+    The clients connect at once and share one deadline, so a proxy that serves
+    nothing costs PROBE_TIMEOUT once, not once per client.
+    """
+    clients = []
+    try:
+        for _ in range(PROBE_TRIES):
+            try:
+                clients.append(server.connect(PROBE_TIMEOUT))
+            except OSError as exc:
+                if not clients:
+                    return f"a client could not connect: {type(exc).__name__}: {_line(exc)}"
+        deadline = time.monotonic() + PROBE_TIMEOUT
+        seen: list[Reply] = []
+        for client in clients:
+            reply = read_reply(client, b"probe", max(deadline - time.monotonic(), 0.01))
+            if reply.answered:
+                return ""
+            seen.append(reply)
+    finally:
+        for client in clients:
+            client.close()
     crash = server.crash_report(traceback=False)
     return (
         "no connection reached a worker: "
@@ -141,3 +155,36 @@ def require_served(server: ProxyServer, reply: Reply, what: str, timeout: float 
     if not reply.answered:
         blocked(served_owner(server.fd_passing), f"{what} {describe_reply(reply, timeout)}")
     return reply
+
+
+def served(
+    server: ProxyServer, what: str, data: bytes = b"ping", timeout: float = 5.0, inst: int = 0
+) -> Reply:
+    """One request whose answer this check needs: blocked at once, without waiting for
+    a client's timeout, when the proxy has already shown that it serves nothing."""
+    assume_served(server)
+    return require_served(server, server.request_reply(data, timeout, inst), what, timeout)
+
+
+def assume_served(server: ProxyServer) -> None:
+    """Before a step whose meaning needs a served connection: blocked at once if the
+    proxy has already shown that it serves nothing."""
+    known = known_shortfall(server, SERVED)
+    if known is not None:
+        blocked(known.owner, known.why)
+
+
+def traffic(server: ProxyServer, requests: int) -> None:
+    """A few requests, so that objects a proxy makes lazily exist before evidence is read;
+    none for a proxy known to serve nothing (its evidence is read without them)."""
+    if known_shortfall(server, SERVED) is None:
+        for _ in range(requests):
+            server.request_reply()
+
+
+def known_shortfall(server: ProxyServer, name: str) -> Shortfall | None:
+    """What the implementation of ``server`` has shown it lacks, if it was observed."""
+    cached = _CACHE.get(id(server.factory))
+    if cached is None or cached[0] is not server.factory:
+        return None
+    return cached[1].shortfalls.get(name)

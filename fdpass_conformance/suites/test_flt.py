@@ -21,7 +21,7 @@ from ..faults.errors import errno_name, parse_errno
 from ..harness.server import ProxyServer, read_reply
 from ..leaks.fds import fd_count
 from ..outcomes import blocked, not_applicable
-from .applicability import require_served, served_owner
+from .applicability import assume_served, require_served, served, served_owner
 from .base import StartServer, SuiteBase, needs
 from .evidence import describe_fds, describe_reply, left_hanging, wait_until
 from .faultctl import counted_fault
@@ -50,6 +50,7 @@ def _fd_passing_only(srv: ProxyServer) -> None:
 
 def _warm_up(srv: ProxyServer) -> None:
     """One manual dispatch, so that lazily made fds exist before a baseline is taken."""
+    assume_served(srv)
     with srv.connect() as client:
         client.sendall(b"warm-up")
         try:
@@ -275,13 +276,14 @@ def _check_setup_failure(
     assert_released(srv, kept, srv.ipc_objects(), f"{cause}: after {stage} raised")
     close_quietly(srv)
     assert_released(srv, base.fds, base.ipc, f"{cause}: after {stage} raised and close()")
+    assume_served(srv)
     extra = srv.add_instance("serving").number
-    reply = srv.request_reply(timeout=3.0, inst=extra)
-    require_served(srv, reply, f"{cause}: a client of a new instance afterwards", 3.0)
+    served(srv, f"{cause}: a client of a new instance afterwards", timeout=3.0, inst=extra)
 
 
 class FaultSuite(SuiteBase):
     @pytest.mark.requirement("FLT-01")
+    @needs("served")
     @pytest.mark.parametrize("times", [1, None], ids=["once", "always"])
     @pytest.mark.parametrize("error", SENDMSG_ERRORS)
     def test_failing_sendmsg_is_not_swallowed(
@@ -454,7 +456,7 @@ class FaultSuite(SuiteBase):
     ) -> None:
         marker = tmp_path / "doctored"
         srv = server(workers=1, worker_setup=_doctor_fd_messages(variant, str(marker)))
-        require_served(srv, srv.request_reply(), "the first connection")
+        served(srv, "the first connection")
         worker = srv.worker_pids[0]
         before = fd_count(worker)
         reply = srv.request_reply(b"flt06", timeout=3.0)

@@ -25,7 +25,7 @@ from ..leaks.fds import fd_inventory
 from ..leaks.ipcs import IpcObject
 from ..leaks.ports import port_is_free
 from ..outcomes import not_applicable
-from .applicability import SERVED, Facts, require_served
+from .applicability import SERVED, known_shortfall, served, traffic
 from .base import StartServer, SuiteBase, needs
 from .evidence import describe_reply, free_port, left_hanging
 from .faultctl import counted_fault
@@ -222,8 +222,7 @@ class IpcSuite(SuiteBase):
     def test_close_removes_every_object(self, server: StartServer, upto: str) -> None:
         srv = server(upto=upto, workers=2)
         if upto == "serving":
-            for _ in range(2):
-                srv.request_reply()
+            traffic(srv, 2)
             srv.set_auto(False)
         raised = close_quietly(srv)
         left = srv.ipc_objects()
@@ -290,8 +289,7 @@ class IpcSuite(SuiteBase):
     @pytest.mark.requirement("IPC-05")
     def test_objects_grant_nothing_to_group_or_others(self, server: StartServer) -> None:
         srv = server(workers=2)
-        for _ in range(2):
-            srv.request_reply()
+        traffic(srv, 2)
         objects = srv.ipc_objects()
         if not objects:
             not_applicable("no IPC object exists while serving")
@@ -351,7 +349,7 @@ class IpcSuite(SuiteBase):
     def test_queue_removed_while_serving(self, server: StartServer) -> None:
         srv = server(workers=2)
         for n in range(2):
-            require_served(srv, srv.request_reply(), f"connection {n} before the queue was removed")
+            served(srv, f"connection {n} before the queue was removed")
         removed = srv.remove_queue()
         if not removed:
             not_applicable("the proxy has no message queue to remove")
@@ -431,13 +429,13 @@ class IpcSuite(SuiteBase):
                 client.close()
 
     @pytest.mark.requirement("IPC-09")
-    def test_no_object_survives_killed_workers(self, server: StartServer, facts: Facts) -> None:
+    def test_no_object_survives_killed_workers(self, server: StartServer) -> None:
         srv = server(workers=3)
         # Traffic first, so that objects made lazily exist; a proxy that serves nothing
         # (FP-02's failure) is judged on what its setup made, without waiting on clients.
-        serves = SERVED not in facts.shortfalls
+        serves = known_shortfall(srv, SERVED) is None
         for n in range(3 if serves else 0):
-            require_served(srv, srv.request_reply(), f"connection {n}")
+            served(srv, f"connection {n}")
         held = srv.hold()[0] if serves else srv.connect()
         with held:
             for index in range(3):
@@ -487,7 +485,7 @@ class IpcSuite(SuiteBase):
         if not before:
             not_applicable("no IPC object exists while serving")
         for n in (1, 2):
-            require_served(srv, srv.request_reply(b"exit"), "an exit request")
+            served(srv, "an exit request", data=b"exit")
             srv.wait_events("exit", n)
             after = srv.ipc_objects()
             assert after == before, (

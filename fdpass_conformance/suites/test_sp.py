@@ -13,7 +13,7 @@ from .. import cases
 from ..harness.server import HarnessError, ProxyServer, read_reply
 from ..leaks.ports import port_is_free
 from ..outcomes import not_applicable
-from .applicability import require_served
+from .applicability import require_served, served
 from .base import StartServer, SuiteBase, needs
 from .evidence import assert_fd_counts_flat, describe_reply, fd_counts, free_port, outcome_of
 from .faultctl import counted_fault
@@ -212,7 +212,7 @@ class SocketProxySuite(SuiteBase):
     def test_served_by_workers(self, server: StartServer) -> None:
         srv = server(workers=2)
         for n in range(4):
-            reply = require_served(srv, srv.request_reply(), f"connection {n}")
+            reply = served(srv, f"connection {n}")
             assert reply.pid != srv.master_pid, "served by the master"
             assert reply.pid in srv.worker_pids, f"served by pid {reply.pid}, not a worker"
 
@@ -221,7 +221,7 @@ class SocketProxySuite(SuiteBase):
     def test_client_sees_eof_when_the_worker_closes(self, server: StartServer) -> None:
         srv = server(workers=2)
         for n in range(4):
-            reply = require_served(srv, srv.request_reply(timeout=3.0), f"connection {n}", 3.0)
+            reply = served(srv, f"connection {n}", timeout=3.0)
             assert reply.end == "eof", (
                 f"the worker closed the connection but the client saw {reply.end}: "
                 "another process still holds a copy"
@@ -236,7 +236,7 @@ class SocketProxySuite(SuiteBase):
         if srv.fd_passing:
             srv.call("open_channels", 2)
         srv.fork_workers()
-        require_served(srv, srv.request_reply(), "the connection before close()")
+        served(srv, "the connection before close()")
         if srv.fd_passing:
             srv.set_auto(False)
         srv.call("close")
@@ -280,14 +280,16 @@ class SocketProxySuite(SuiteBase):
             not_applicable("the listener has no SO_REUSEPORT")
         second = srv.add_instance("constructed").number
         desc = srv.create_socket(port=srv.port, inst=second)
-        assert desc["sockname"][1] == srv.instances[0].port
+        assert desc["sockname"][1] == srv.instances[0].port, (
+            f"a second SO_REUSEPORT listener asked for port {srv.port} got {desc['sockname'][1]}"
+        )
 
     @pytest.mark.requirement("SP-16")
     @needs("served")
     def test_fd_counts_flat_over_200_connections(self, server: StartServer) -> None:
         srv = server(workers=2)
         for n in range(4):
-            require_served(srv, srv.request_reply(), f"warm-up connection {n}")
+            served(srv, f"warm-up connection {n}")
         before = fd_counts(srv)
         for n in range(200):
             reply = srv.request_reply()
@@ -349,7 +351,7 @@ class SocketProxySuite(SuiteBase):
     def test_accepted_sockets_are_blocking_and_cloexec(self, server: StartServer) -> None:
         srv = server(workers=2)
         for n in range(4):
-            reply = require_served(srv, srv.request_reply(), f"connection {n}")
+            reply = served(srv, f"connection {n}")
             assert reply.nonblock is False, "accept() returned a non-blocking socket"
             assert reply.cloexec is True, "accept() returned an inheritable socket"
 

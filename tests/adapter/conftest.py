@@ -18,9 +18,16 @@ def no_process_left() -> Iterator[None]:
     left = psutil.Process().children(recursive=True)
     if not left:
         return
-    names = ", ".join(f"{p.pid} ({' '.join(p.cmdline()[:3])})" for p in left)
+    names = ", ".join(f"{p.pid} ({_command(p)})" for p in left)
     for proc in left:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
     psutil.wait_procs(left, timeout=5)
     pytest.fail(f"processes left behind (now killed): {names}", pytrace=False)
+
+
+def _command(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline()[:3])
+    except psutil.Error:  # a zombie has no command line left
+        return "a zombie"

@@ -3,7 +3,7 @@
 Modes: ok (a correct shared-listener proxy: workers inherit the listener and
 accept on it, like reference.ForkSharedProxy), errors (create_socket(k) answers
 with error reply k of ERRORS), garbage, hang, exit-on-3, no-fd, wrong-fd,
-garbage-hello, no-hello, protocol-2, no-caps, forks (says hello from a child).
+garbage-hello, no-hello, protocol-3, no-caps, forks (says hello from a child).
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ ERRORS: list[dict[str, Any]] = [
     {"error": "OSError", "message": "no errno given"},
     {"error": "KeyError", "message": "not a kind of protocol 1"},
     {"error": "OSError", "errno": "32", "message": "errno is a string"},
+    {"error": "internal", "message": "Call to undefined method Proxy::bnid()"},
+    {"error": "unsupported", "message": "the proxy has no createSocket()"},
+    {"error": "OSError", "errno": None, "message": "errno null is errno omitted"},
 ]
 
 
@@ -111,7 +114,7 @@ def main() -> int:
         time.sleep(30)
         return 0
     hello = {
-        "protocol": 2 if MODE == "protocol-2" else 1,
+        "protocol": 3 if MODE == "protocol-3" else 1,
         "role": "master",
         "pid": os.getpid(),
         "language": "fake",

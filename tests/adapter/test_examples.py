@@ -21,12 +21,22 @@ import pytest
 pytestmark = pytest.mark.timeout(600)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-C_SOURCE = EXAMPLES / "c-masterproxy" / "masterproxy.c"
+C_DIR = EXAMPLES / "c-masterproxy"
+#: The proxy and the kit it runs on.
+C_SOURCES = [C_DIR / "masterproxy.c", C_DIR / "fdpass_adapter.c"]
 PHP_DIR = EXAMPLES / "php-masterproxy"
+#: A third-party-style PHP library (unmodified) and its wrapper on the PHP kit.
+ACME_DIR = EXAMPLES / "php" / "acme-proxy"
+#: How long a wrapper of a PHP proxy library may be, on top of the kit (issue 15).
+WRAPPER_LINES = 120
 CC = shutil.which("cc")
 PHP = shutil.which("php")
 PHP_EXTENSIONS = {"sockets", "sysvmsg", "pcntl", "posix"}
 
+#: What -DBROKEN_NO_ERRNO breaks: error replies carry no errno (as from a library whose
+#: exceptions have none), so every requirement that names the errno of a failure fails,
+#: each on its own check; nothing is blocked and nothing else fails.
+C_NO_ERRNO_BREAKS = {"SP-08", "SP-18", "IPC-06", "FLT-02", "FLT-04"}
 #: What -DBROKEN_NO_CLOEXEC breaks: received connections are inheritable.
 C_TWIN_BREAKS = {"FP-05", "SP-20"}
 #: What masterproxy-broken.php breaks: the seed's 0666 queue.
@@ -51,11 +61,11 @@ needs_cc = pytest.mark.skipif(CC is None, reason="needs a C compiler (cc)")
 needs_php = pytest.mark.skipif(bool(_php_reason()), reason=_php_reason() or "php is ready")
 
 
-def build(out: Path, *flags: str) -> Path:
-    """The C example, compiled warning-free (-Wall -Werror) with ``flags``."""
+def build(out: Path, *flags: str, sources: list[Path] = C_SOURCES) -> Path:
+    """A C program on the kit, compiled warning-free (-Wall -Werror) with ``flags``."""
     assert CC is not None
     done = subprocess.run(
-        [CC, "-O2", "-Wall", "-Werror", *flags, "-o", str(out), str(C_SOURCE)],
+        [CC, "-O2", "-Wall", "-Werror", *flags, "-o", str(out), *map(str, sources)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -122,7 +132,7 @@ def test_c_example_passes_every_must(pytester: pytest.Pytester) -> None:
     assert musts_failed(report) == set(), result.stdout.str()[-3000:]
     assert failed(report) == set(), "a SHOULD failed too"
     assert result.ret == 0
-    assert "fdpass: implementations: c-masterproxy: c, adapter protocol 1" in result.outlines
+    assert "fdpass: implementations: c-masterproxy: c, adapter protocol 2" in result.outlines
     assert_nothing_left(str(binary))
 
 
@@ -133,6 +143,24 @@ def test_c_broken_twin_fails_exactly_its_requirements(pytester: pytest.Pytester)
     assert failed(report) == C_TWIN_BREAKS, result.stdout.str()[-3000:]
     assert result.ret == 1
     assert "the worker received an inheritable socket" in summary_line(result, "FP-05")
+    assert_nothing_left(str(binary))
+
+
+@needs_cc
+def test_c_program_without_errnos_fails_exactly_the_errno_requirements(
+    pytester: pytest.Pytester,
+) -> None:
+    binary = build(pytester.path / "masterproxy-no-errno", "-DBROKEN_NO_ERRNO")
+    result, report, _ = run_suites(pytester, f"exec:{binary}")
+    assert failed(report) == C_NO_ERRNO_BREAKS, result.stdout.str()[-3000:]
+    others = {
+        r["id"]: r["result"]
+        for impl in report["implementations"]
+        for r in impl["requirements"]
+        if r["result"] in ("blocked", "error")
+    }
+    assert not others, f"blocked or toolkit errors: {others}"
+    assert "errno is None, not EADDRINUSE" in summary_line(result, "SP-08")
     assert_nothing_left(str(binary))
 
 
@@ -170,7 +198,7 @@ def test_php_example_passes_every_must_php_allows(pytester: pytest.Pytester) -> 
     impl = f"exec:{PHP} {PHP_DIR / 'masterproxy.php'}"
     result, report, _ = run_suites(pytester, impl)
     assert failed(report) <= PHP_BINDING_LIMITS, result.stdout.str()[-3000:]
-    header = "fdpass: implementations: php-masterproxy: php, adapter protocol 1"
+    header = "fdpass: implementations: php-masterproxy: php, adapter protocol 2"
     assert header in result.outlines
     assert_nothing_left(str(PHP_DIR / "masterproxy.php"))
 
@@ -183,3 +211,31 @@ def test_php_broken_twin_fails_exactly_its_requirements(pytester: pytest.Pyteste
     assert result.ret == 1
     assert "mode=0666" in summary_line(result, "IPC-05")
     assert_nothing_left(str(PHP_DIR / "masterproxy-broken.php"))
+
+
+@needs_php
+def test_a_wrapped_third_party_php_class_passes_every_requirement_that_applies(
+    pytester: pytest.Pytester,
+) -> None:
+    """The library is shared-listener: SP applies, FP and IPC are n/a; nothing fails."""
+    wrapper = ACME_DIR / "fdpass-wrapper.php"
+    result, report, _ = run_suites(pytester, f"exec:{PHP} {wrapper}")
+    assert failed(report) == set(), result.stdout.str()[-3000:]
+    assert result.ret == 0
+    [impl] = report["implementations"]
+    verdicts = {r["id"]: r["result"] for r in impl["requirements"]}
+    assert {rid for rid, v in verdicts.items() if rid.startswith("SP-") and v != "pass"} == {
+        "SP-15"  # no SO_REUSEPORT: n/a
+    }, verdicts
+    assert "fdpass: implementations: acme-forking-proxy: php, adapter protocol 2" in (
+        result.outlines
+    )
+    assert_nothing_left(str(wrapper))
+
+
+def test_the_third_party_wrapper_is_small_and_the_library_untouched() -> None:
+    wrapper = (ACME_DIR / "fdpass-wrapper.php").read_text(encoding="utf-8")
+    assert len(wrapper.splitlines()) <= WRAPPER_LINES
+    library = (ACME_DIR / "ForkingProxy.php").read_text(encoding="utf-8")
+    assert "Fdpass" not in library and "require" not in library, "the library uses the kit"
+    assert "require __DIR__ . '/../fdpass_adapter.php';" in wrapper

@@ -14,7 +14,14 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
-from fdpass_conformance.adapter import ExecFactory, ExecProxy, ProgramError, exec_impl
+from fdpass_conformance.adapter import (
+    ExecFactory,
+    ExecProxy,
+    ProgramDefect,
+    ProgramError,
+    UnsupportedMethod,
+    exec_impl,
+)
 from fdpass_conformance.leaks.ports import port_is_free
 from fdpass_conformance.loading import ImplError, load_impl
 
@@ -174,7 +181,11 @@ def test_returned_sockets_are_checked(
     [
         ("garbage-hello", "broke the protocol in its hello: not JSON"),
         ("no-hello", "sent no hello within 0.5s"),
-        ("protocol-2", "speaks adapter protocol 2; this adapter speaks 1"),
+        (
+            "protocol-3",
+            "speaks adapter protocol 3, which this toolkit does not know (it speaks 1, 2): "
+            "use a kit for protocol 2 or a newer toolkit; killed it",
+        ),
         ("no-caps", "exactly one of fd-passing, shared-listener is required"),
         ("forks", "said hello as master pid"),
     ],
@@ -245,4 +256,46 @@ def test_errno_values_survive(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(TimeoutError) as info:
         proxy.create_socket(1)
     assert info.value.errno == errno.ETIMEDOUT
+    proxy.close()
+
+
+def test_an_internal_error_is_the_programs_defect_with_its_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy = fake(monkeypatch, "errors")()
+    pid = proxy.fdpass_impl_pid()
+    with pytest.raises(ProgramDefect) as info:
+        proxy.create_socket(11)
+    text = one_line(info.value)
+    assert text == (
+        f"exec program 'fake-program' master (pid {pid}) reported an internal error (a bug "
+        "in the program) during 'create_socket': Call to undefined method Proxy::bnid()"
+    ), text
+    assert isinstance(info.value, AssertionError), "a defect of the implementation fails it"
+    assert proxy.is_supported() is True, "the program answered: it is not killed"
+    proxy.close()
+
+
+def test_an_unsupported_method_is_a_not_implemented_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = fake(monkeypatch, "errors")()
+    pid = proxy.fdpass_impl_pid()
+    with pytest.raises(UnsupportedMethod) as info:
+        proxy.create_socket(12)
+    assert isinstance(info.value, NotImplementedError)
+    assert not isinstance(info.value, ProgramError), "a missing method is no protocol breach"
+    assert one_line(info.value) == (
+        f"exec program 'fake-program' master (pid {pid}) does not implement 'create_socket': "
+        "the proxy has no createSocket()"
+    )
+    assert proxy.is_supported() is True
+    proxy.close()
+
+
+def test_errno_null_means_no_errno(monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = fake(monkeypatch, "errors")()
+    for k in (8, 13):  # omitted, null
+        with pytest.raises(OSError) as info:
+            proxy.create_socket(k)
+        assert info.value.errno is None
+        assert str(info.value) == ERRORS[k]["message"]
     proxy.close()

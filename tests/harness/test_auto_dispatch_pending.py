@@ -26,9 +26,9 @@ def bounded() -> MasterProxy:
 
 
 def test_a_waiting_connection_is_served_once_the_worker_is_free(
-    proxy_server: ProxyServerFactory,
+    fdpass_proxy_server: ProxyServerFactory,
 ) -> None:
-    srv = proxy_server(bounded, workers=1)
+    srv = fdpass_proxy_server(bounded, workers=1)
     with srv.connect() as held:
         held.sendall(b"hold")
         assert read_reply(held, b"", timeout=1.0).answered

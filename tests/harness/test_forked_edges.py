@@ -1,4 +1,4 @@
-"""``harness.forked`` (the ``forked_workers`` primitive) on the paths an ordinary child avoids.
+"""``harness.forked`` (``fdpass_forked_workers``) on the paths an ordinary child avoids.
 
 Real children throughout: ones that exit without a result, die by a signal
 Python has no name for, destroy their result pipe, send a result that cannot

@@ -22,9 +22,9 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.mark.parametrize("factory", [MasterProxy, ForkSharedProxy])
 def test_killing_an_exited_worker_is_not_an_error(
-    proxy_server: ProxyServerFactory, factory: type
+    fdpass_proxy_server: ProxyServerFactory, factory: type
 ) -> None:
-    srv = proxy_server(factory, workers=2)
+    srv = fdpass_proxy_server(factory, workers=2)
     reply = srv.request_reply(b"exit")
     assert reply.answered and reply.index is not None
     srv.wait_events("exit", 1)

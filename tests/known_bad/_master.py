@@ -56,6 +56,19 @@ TOKEN_MTYPE = 1
 _QUEUE_GONE = frozenset({errno.EIDRM, errno.EINVAL})
 
 
+#: The requirements whose checks need a connection served end to end (``@needs("served")``
+#: and ``require_served`` in the suites): a defect that stops all service fails FP-02 and
+#: leaves these blocked by it, not failed (see ``BLOCKED`` in ``known_bad/__init__.py``).
+SERVED_CHECKS = frozenset(
+    {
+        "SP-09", "SP-10", "SP-11", "SP-12", "SP-13", "SP-16", "SP-17", "SP-20",
+        "FP-04", "FP-05", "FP-06", "FP-07", "FP-08", "FP-10", "FP-12", "FP-13", "FP-14",
+        "IPC-07", "IPC-08", "IPC-10",
+        "FLT-01", "FLT-02", "FLT-03", "FLT-04", "FLT-05", "FLT-06",
+    }
+)  # fmt: skip
+
+
 class NoLiveWorkerError(BrokenPipeError):
     """Every worker's channel refused the connection; it was closed."""
 

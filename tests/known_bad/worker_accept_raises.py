@@ -17,18 +17,10 @@ from __future__ import annotations
 
 import socket
 
-from ._master import PinnedMasterProxy
+from ._master import SERVED_CHECKS, PinnedMasterProxy
 
 BREAKS = frozenset({"FP-02"})
-BLOCKED = dict.fromkeys(
-    [
-        "SP-09", "SP-10", "SP-11", "SP-12", "SP-13", "SP-16", "SP-17", "SP-20",
-        "FP-03", "FP-04", "FP-05", "FP-06", "FP-07", "FP-08", "FP-10", "FP-12", "FP-13",
-        "FP-14", "IPC-07", "IPC-08", "IPC-10",
-        "FLT-01", "FLT-02", "FLT-03", "FLT-04", "FLT-05", "FLT-06",
-    ],
-    "FP-02",
-)  # fmt: skip
+BLOCKED = dict.fromkeys(SERVED_CHECKS | {"FP-03"}, "FP-02")
 
 
 class RaisingWorkerMasterProxy(PinnedMasterProxy):

@@ -104,7 +104,7 @@ def test_documented_linux_reasons_match_the_code() -> None:
 def test_suites_fall_back_to_the_python_layer(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
-    proxy_server: ProxyServerFactory,
+    fdpass_proxy_server: ProxyServerFactory,
 ) -> None:
     """MOCK of macOS: strace is reported unavailable with the darwin reason, and the server
     runs without an IPC namespace (as it must there); the fault is then injected for real
@@ -116,7 +116,7 @@ def test_suites_fall_back_to_the_python_layer(
     assert why == (False, DARWIN_SYSCALL)
     monkeypatch.setattr(syscall, "available", lambda: why)
 
-    srv = proxy_server(MasterProxy, workers=2, namespace=False)
+    srv = fdpass_proxy_server(MasterProxy, workers=2, namespace=False)
     assert srv.isolation == "global-ipcs+lock"
     srv.set_auto(False)
     with srv.connect() as client:

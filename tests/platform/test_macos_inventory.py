@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_another_process_through_psutil(
-    monkeypatch: pytest.MonkeyPatch, forked_workers: ForkWorkers, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, fdpass_forked_workers: ForkWorkers, tmp_path: Path
 ) -> None:
     """MOCK of macOS: sys.platform is "darwin", so fd_inventory takes the psutil path.
 
@@ -65,7 +65,7 @@ def test_another_process_through_psutil(
             sock.close()
         held.close()
 
-    group = forked_workers(1, child, deadline=30.0)
+    group = fdpass_forked_workers(1, child, deadline=30.0)
     os.close(ready_w)
     os.close(release_r)
     try:
@@ -98,14 +98,14 @@ def test_another_process_through_psutil(
 
 
 def test_server_master_through_psutil(
-    monkeypatch: pytest.MonkeyPatch, proxy_server: ProxyServerFactory
+    monkeypatch: pytest.MonkeyPatch, fdpass_proxy_server: ProxyServerFactory
 ) -> None:
     """MOCK of macOS: the master of a real server under test, inventoried the macOS way.
 
     The listener and the channel ends that the FP requirements reason about
     are found with the same fd numbers and kinds as through /proc.
     """
-    srv = proxy_server(MasterProxy, workers=2)
+    srv = fdpass_proxy_server(MasterProxy, workers=2)
     assert srv.request_reply().answered
     linux_view = {info.fd: info.kind for info in srv.fds("master")}
     monkeypatch.setattr(sys, "platform", "darwin")

@@ -58,22 +58,22 @@ def channel_types(srv: ProxyServer) -> set[str]:
     return {kind for pid in pids for kind in unix_socket_types(pid)}
 
 
-def test_control_run_uses_seqpacket_on_linux(proxy_server: ProxyServerFactory) -> None:
+def test_control_run_uses_seqpacket_on_linux(fdpass_proxy_server: ProxyServerFactory) -> None:
     """Without the mock the channels are SOCK_SEQPACKET: the evidence below can tell them apart."""
-    srv = proxy_server(MasterProxy, workers=2)
+    srv = fdpass_proxy_server(MasterProxy, workers=2)
     assert srv.request_reply(b"ping").answered
     assert "seqpacket" in channel_types(srv)
 
 
 @pytest.mark.usefixtures("stream_channel")
-def test_stream_channel_serves_end_to_end(proxy_server: ProxyServerFactory) -> None:
+def test_stream_channel_serves_end_to_end(fdpass_proxy_server: ProxyServerFactory) -> None:
     """MOCK of macOS's SOCK_STREAM channel; the serving, forking and fd passing are real.
 
     Every connection is served by a worker, dispatch reports the worker that
     got it, consecutive fds on one stream are not merged, a dead worker's
     connections are re-routed, and shutting down leaves nothing.
     """
-    srv = proxy_server(MasterProxy, workers=2)
+    srv = fdpass_proxy_server(MasterProxy, workers=2)
     replies = [srv.request_reply(b"ping %d" % n) for n in range(8)]
     assert all(r.answered for r in replies), [r.end for r in replies]
     assert {r.pid for r in replies} <= set(srv.worker_pids)  # workers, never the master

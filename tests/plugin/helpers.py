@@ -79,17 +79,16 @@ class Recorded(Proxy):
             f.write(what + "\\n")
 
 
+#: The pytest process that imported this module (the configure-time probe runs in a
+#: forked child of it, in the servers' isolation).
+PYTEST_PID = os.getpid()
+
+
 class SecondCloseFails(Proxy):
-    """The probe closes fine; every later instance fails to close."""
-
-    made = 0
-
-    def __init__(self):
-        type(self).made += 1
-        self.nth = type(self).made
+    """The probe (in its isolated child) closes fine; every instance of the tests fails."""
 
     def close(self):
-        if self.nth > 1:
+        if os.getpid() == PYTEST_PID:
             raise OSError(9, "close exploded")
 '''
 
@@ -107,3 +106,25 @@ def queue_perms() -> dict[int, str]:
 
 def error_lines(stderr: list[str]) -> list[str]:
     return [line for line in stderr if line.strip()]
+
+
+#: The reference MasterProxy with two real defects: it binds an ephemeral port when
+#: given ``None`` (SP-07, a MUST) and accepts the worker count ``"2"`` (FP-16, a SHOULD).
+SLOPPY = """
+from fdpass_conformance.reference import MasterProxy
+
+class Sloppy(MasterProxy):
+    def create_socket(self, port, protocol="tcp"):
+        return super().create_socket(0 if port is None else port, protocol)
+
+    def open_channels(self, workers):
+        return super().open_channels(int(workers) if isinstance(workers, str) else workers)
+"""
+
+SLOPPY_SUITE = """
+from fdpass_conformance import ContractSuite
+from sloppy import Sloppy
+
+class TestSloppy(ContractSuite):
+    factory = Sloppy
+"""

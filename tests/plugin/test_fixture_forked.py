@@ -1,4 +1,4 @@
-"""forked_workers: results, tracebacks, deadlines, kills, and nothing left behind."""
+"""fdpass_forked_workers: results, tracebacks, deadlines, kills, and nothing left behind."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def teardown_logger():
     log(f"teardown {os.getpid()}")
 
 
-def test_results(forked_workers, teardown_logger):
-    group = forked_workers(3, lambda i: (i, os.getpid(), os.getpgrp(), os.getppid()))
+def test_results(fdpass_forked_workers, teardown_logger):
+    group = fdpass_forked_workers(3, lambda i: (i, os.getpid(), os.getpgrp(), os.getppid()))
     results = group.results(timeout=10)
     assert [r.index for r in results] == [0, 1, 2]
     assert len(set(group.pids)) == 3
@@ -66,8 +66,8 @@ def nested_failure(i):
     raise ValueError(f"child {i} failed on purpose")
 
 
-def test_exception_comes_back_with_its_traceback(forked_workers):
-    (r,) = forked_workers(1, nested_failure).results(timeout=10)
+def test_exception_comes_back_with_its_traceback(fdpass_forked_workers):
+    (r,) = fdpass_forked_workers(1, nested_failure).results(timeout=10)
     assert (r.outcome, r.returncode, r.value) == ("raised", 1, None)
     assert r.error.type == "ValueError"
     assert r.error.message == "child 0 failed on purpose"
@@ -77,13 +77,13 @@ def test_exception_comes_back_with_its_traceback(forked_workers):
         r.get()
 
 
-def test_unpicklable_result_is_an_error(forked_workers):
-    (r,) = forked_workers(1, lambda i: lambda: None).results(timeout=10)
+def test_unpicklable_result_is_an_error(fdpass_forked_workers):
+    (r,) = fdpass_forked_workers(1, lambda i: lambda: None).results(timeout=10)
     assert r.outcome == "raised" and "cannot be pickled" in r.error.message
 
 
-def test_stuck_child_is_named(forked_workers):
-    group = forked_workers(3, lambda i: time.sleep(60) if i == 1 else i)
+def test_stuck_child_is_named(fdpass_forked_workers):
+    group = fdpass_forked_workers(3, lambda i: time.sleep(60) if i == 1 else i)
     start = time.monotonic()
     with pytest.raises(TimeoutError) as info:
         group.results(timeout=0.5)
@@ -94,13 +94,13 @@ def test_stuck_child_is_named(forked_workers):
     STUCK.append(group.pids[1])
 
 
-def test_group_deadline_is_the_default_timeout(forked_workers):
-    group = forked_workers(1, lambda i: time.sleep(60), deadline=0.5)
+def test_group_deadline_is_the_default_timeout(fdpass_forked_workers):
+    group = fdpass_forked_workers(1, lambda i: time.sleep(60), deadline=0.5)
     with pytest.raises(TimeoutError, match=f"child 0 [(]pid {group.pids[0]}[)]"):
         group.results()
 
 
-def test_kill_and_python_handlers_are_reset(forked_workers):
+def test_kill_and_python_handlers_are_reset(fdpass_forked_workers):
     ready_r, ready_w = os.pipe()
 
     def sleeper(i):
@@ -109,7 +109,7 @@ def test_kill_and_python_handlers_are_reset(forked_workers):
 
     previous = signal.signal(signal.SIGTERM, lambda *args: None)
     try:
-        group = forked_workers(1, sleeper)
+        group = fdpass_forked_workers(1, sleeper)
         assert os.read(ready_r, 1) == b"r"
         group.kill(0, signal.SIGTERM)
         (r,) = group.results(timeout=10)
@@ -124,7 +124,7 @@ def test_kill_and_python_handlers_are_reset(forked_workers):
         group.kill(0)
 
 
-def test_teardown_kills_children_and_their_groups(forked_workers):
+def test_teardown_kills_children_and_their_groups(fdpass_forked_workers):
     pids_r, pids_w = os.pipe()
 
     def with_grandchild(i):
@@ -135,7 +135,7 @@ def test_teardown_kills_children_and_their_groups(forked_workers):
         os.write(pids_w, f"{grandchild}\\n".encode())
         time.sleep(60)
 
-    group = forked_workers(2, with_grandchild)
+    group = fdpass_forked_workers(2, with_grandchild)
     with os.fdopen(pids_r) as pipe:
         os.close(pids_w)
         grandchildren = [int(pipe.readline()) for _ in range(2)]
@@ -170,8 +170,8 @@ def middle(i):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
-def test_children_die_with_their_parent(forked_workers):
-    (r,) = forked_workers(1, middle).results(timeout=10)
+def test_children_die_with_their_parent(fdpass_forked_workers):
+    (r,) = fdpass_forked_workers(1, middle).results(timeout=10)
     orphan = r.get()
     try:
         deadline = time.monotonic() + 5
@@ -183,13 +183,13 @@ def test_children_die_with_their_parent(forked_workers):
             os.kill(orphan, signal.SIGKILL)
 
 
-def test_children_never_run_teardown_or_atexit(forked_workers, teardown_logger):
-    forked_workers(2, lambda i: log(f"child {i}")).results(timeout=10)
+def test_children_never_run_teardown_or_atexit(fdpass_forked_workers, teardown_logger):
+    fdpass_forked_workers(2, lambda i: log(f"child {i}")).results(timeout=10)
 
 
-def test_parent_buffers_are_written_once(forked_workers):
+def test_parent_buffers_are_written_once(fdpass_forked_workers):
     sys.stdout.write("PARENT-UNFLUSHED ")
-    forked_workers(2, lambda i: print(f"CHILD-{i}-OUTPUT")).results(timeout=10)
+    fdpass_forked_workers(2, lambda i: print(f"CHILD-{i}-OUTPUT")).results(timeout=10)
 """
 
 

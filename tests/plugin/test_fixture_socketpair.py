@@ -1,4 +1,4 @@
-"""unix_socketpair with the fdtransfer helpers: real fds cross, MSG_CTRUNC is detected."""
+"""fdpass_unix_socketpair with the fdtransfer helpers: real fds cross, MSG_CTRUNC is detected."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ def open_fds():
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_pair_type(unix_socketpair):
-    a, b = unix_socketpair
-    SEEN.extend(unix_socketpair)
+def test_pair_type(fdpass_unix_socketpair):
+    a, b = fdpass_unix_socketpair
+    SEEN.extend(fdpass_unix_socketpair)
     assert a.family == b.family == socket.AF_UNIX
     assert a.type == b.type == socket.SOCK_SEQPACKET
 
@@ -42,8 +42,8 @@ def test_pair_closed_after_the_test():
     assert [s.fileno() for s in SEEN] == [-1, -1]
 
 
-def test_fds_cross(unix_socketpair):
-    a, b = unix_socketpair
+def test_fds_cross(fdpass_unix_socketpair):
+    a, b = fdpass_unix_socketpair
     r, w = os.pipe()
     try:
         send_fds(a, [r, w], b"hi")
@@ -62,21 +62,21 @@ def test_fds_cross(unix_socketpair):
         os.close(w)
 
 
-def test_eof(unix_socketpair):
-    a, b = unix_socketpair
+def test_eof(fdpass_unix_socketpair):
+    a, b = fdpass_unix_socketpair
     a.close()
     with pytest.raises(EOFError):
         recv_fds(b, 1)
 
 
-def test_empty_data_is_refused(unix_socketpair):
-    a, _ = unix_socketpair
+def test_empty_data_is_refused(fdpass_unix_socketpair):
+    a, _ = fdpass_unix_socketpair
     with pytest.raises(ValueError, match="must not be empty"):
         send_fds(a, [0], b"")
 
 
-def test_more_fds_than_maxfds_is_ctrunc(unix_socketpair):
-    a, b = unix_socketpair
+def test_more_fds_than_maxfds_is_ctrunc(fdpass_unix_socketpair):
+    a, b = fdpass_unix_socketpair
     r, w = os.pipe()
     try:
         before = open_fds()
@@ -116,9 +116,9 @@ def fill_table_then_receive(b):
     return worker
 
 
-def test_full_fd_table_in_a_forked_child(unix_socketpair, forked_workers):
-    a, b = unix_socketpair
-    group = forked_workers(1, fill_table_then_receive(b), deadline=20)
+def test_full_fd_table_in_a_forked_child(fdpass_unix_socketpair, fdpass_forked_workers):
+    a, b = fdpass_unix_socketpair
+    group = fdpass_forked_workers(1, fill_table_then_receive(b), deadline=20)
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
     try:

@@ -1,4 +1,4 @@
-"""sysv_queue and sysv_queue_factory: real private 0600 queues, gone after the test."""
+"""fdpass_sysv_queue and fdpass_sysv_queue_factory: private 0600 queues, gone after the test."""
 
 from __future__ import annotations
 
@@ -35,24 +35,24 @@ def perms(qid):
     return None
 
 
-def test_queue(sysv_queue):
-    seen(sysv_queue)
-    assert isinstance(sysv_queue, MessageQueue)
-    assert perms(sysv_queue.id) == "600"
-    sysv_queue.send(1, b"ping")
-    assert sysv_queue.receive() == (1, b"ping")
+def test_queue(fdpass_sysv_queue):
+    seen(fdpass_sysv_queue)
+    assert isinstance(fdpass_sysv_queue, MessageQueue)
+    assert perms(fdpass_sysv_queue.id) == "600"
+    fdpass_sysv_queue.send(1, b"ping")
+    assert fdpass_sysv_queue.receive() == (1, b"ping")
 
 
-def test_factory(sysv_queue_factory):
-    queues = [sysv_queue_factory() for _ in range(3)]
+def test_factory(fdpass_sysv_queue_factory):
+    queues = [fdpass_sysv_queue_factory() for _ in range(3)]
     for queue in queues:
         seen(queue)
     assert len({q.id for q in queues}) == 3
     assert [perms(q.id) for q in queues] == ["600"] * 3
 
 
-def test_failing_test_still_removes(sysv_queue):
-    seen(sysv_queue)
+def test_failing_test_still_removes(fdpass_sysv_queue):
+    seen(fdpass_sysv_queue)
     raise AssertionError("fails on purpose")
 """
 

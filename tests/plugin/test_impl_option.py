@@ -235,3 +235,14 @@ def test_unique_ids_only_qualify_collisions() -> None:
 
     impls = unique_ids([spec("a:Proxy"), spec("b:Proxy"), spec("a:Other")])
     assert [i.id for i in impls] == ["a:Proxy", "b:Proxy", "Other"]
+
+
+def test_a_project_of_its_own_reference_module_keeps_it(pytester: pytest.Pytester) -> None:
+    """The alias reference -> fdpass_conformance.reference applies only where no module
+    named ``reference`` exists: a project's own one wins (the installed wheel: test_wheel)."""
+    pytester.makepyfile(reference=IMPLS, test_report=REPORT_IMPLS)
+    result = pytester.runpytest_subprocess(
+        str(pytester.path), "--fdpass-impl=reference:Proxy", "-s", timeout=INNER_TIMEOUT
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*IMPL Proxy reference:Proxy fd_passing=False*"])

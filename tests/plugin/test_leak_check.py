@@ -1,4 +1,4 @@
-"""The leak_check fixture catches real leaks, names them, and cleans them up."""
+"""The fdpass_leak_check fixture catches real leaks, names them, and cleans them up."""
 
 from __future__ import annotations
 
@@ -13,21 +13,21 @@ LEAKY = """
 import os, time
 from fdpass_conformance.sysv import MessageQueue
 
-def test_queue(leak_check):
+def test_queue(fdpass_leak_check):
     q = MessageQueue(mode=0o640)
     print("QUEUE", q.id)
 
-def test_fd(leak_check):
+def test_fd(fdpass_leak_check):
     r, w = os.pipe()
 
-def test_process(leak_check):
+def test_process(fdpass_leak_check):
     pid = os.fork()
     if pid == 0:
         time.sleep(60)
         os._exit(0)
     print("CHILD", pid)
 
-def test_clean(leak_check):
+def test_clean(fdpass_leak_check):
     r, w = os.pipe()
     os.close(r)
     os.close(w)

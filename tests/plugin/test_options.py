@@ -27,7 +27,7 @@ def test_defaults(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_show=SHOW_OPTIONS)
     result = pytester.runpytest_subprocess("-s", "--strict-markers", timeout=INNER_TIMEOUT)
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*OPTS False False () None default 60.0"])
+    result.stdout.fnmatch_lines(["*OPTS False False () [[][]] default 60.0"])
 
 
 def test_every_reserved_option_parses(pytester: pytest.Pytester) -> None:
@@ -44,7 +44,7 @@ def test_every_reserved_option_parses(pytester: pytest.Pytester) -> None:
         timeout=INNER_TIMEOUT,
     )
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*OPTS True False ('FP', 'IPC-0') out/report.json ci 2.5"])
+    result.stdout.fnmatch_lines(["*OPTS True False ('FP', 'IPC-0') [[]'out/report.json'[]] ci 2.5"])
 
 
 def test_fdpass_list_prints_the_catalogue_and_runs_nothing(pytester: pytest.Pytester) -> None:

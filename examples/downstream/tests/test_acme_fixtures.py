@@ -18,9 +18,9 @@ from fdpass_conformance.harness.forked import ForkWorkers
 from fdpass_conformance.sysv import MessageQueue
 
 
-# --8<-- [start:proxy_server]
-def test_every_worker_serves_and_nothing_is_left(proxy_server: ProxyServerFactory) -> None:
-    srv = proxy_server(AcmeMasterProxy, workers=3)
+# --8<-- [start:fdpass_proxy_server]
+def test_every_worker_serves_and_nothing_is_left(fdpass_proxy_server: ProxyServerFactory) -> None:
+    srv = fdpass_proxy_server(AcmeMasterProxy, workers=3)
     served_by = {srv.request_reply(b"hello").pid for _ in range(12)}
     assert served_by == set(srv.worker_pids)
     report = srv.shutdown()
@@ -28,11 +28,11 @@ def test_every_worker_serves_and_nothing_is_left(proxy_server: ProxyServerFactor
     assert report.processes_left == []
 
 
-# --8<-- [end:proxy_server]
+# --8<-- [end:fdpass_proxy_server]
 
 
-# --8<-- [start:leak_check]
-def test_failed_bind_leaks_nothing(leak_check: LeakCheck) -> None:
+# --8<-- [start:fdpass_leak_check]
+def test_failed_bind_leaks_nothing(fdpass_leak_check: LeakCheck) -> None:
     proxy = AcmeMasterProxy()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -40,27 +40,27 @@ def test_failed_bind_leaks_nothing(leak_check: LeakCheck) -> None:
         with pytest.raises(OSError, match="bind"):
             proxy.create_socket(taken.getsockname()[1])
     proxy.close()
-    # leak_check fails the test at teardown on a new fd, child, port or IPC object
+    # fdpass_leak_check fails the test at teardown on a new fd, child, port or IPC object
 
 
-# --8<-- [end:leak_check]
+# --8<-- [end:fdpass_leak_check]
 
 
-# --8<-- [start:sysv_queue]
-def test_idle_tokens_are_first_in_first_out(sysv_queue: MessageQueue) -> None:
+# --8<-- [start:fdpass_sysv_queue]
+def test_idle_tokens_are_first_in_first_out(fdpass_sysv_queue: MessageQueue) -> None:
     for index in (2, 0, 1):
-        _sysv.post(sysv_queue.id, index)
-    assert [_sysv.take(sysv_queue.id) for _ in range(4)] == [2, 0, 1, None]
+        _sysv.post(fdpass_sysv_queue.id, index)
+    assert [_sysv.take(fdpass_sysv_queue.id) for _ in range(4)] == [2, 0, 1, None]
 
 
-# --8<-- [end:sysv_queue]
+# --8<-- [end:fdpass_sysv_queue]
 
 
-# --8<-- [start:unix_socketpair]
+# --8<-- [start:fdpass_unix_socketpair]
 def test_received_fd_is_close_on_exec(
-    unix_socketpair: tuple[socket.socket, socket.socket],
+    fdpass_unix_socketpair: tuple[socket.socket, socket.socket],
 ) -> None:
-    master_end, worker_end = unix_socketpair
+    master_end, worker_end = fdpass_unix_socketpair
     proxy = AcmeMasterProxy()
     r, w = os.pipe()
     try:
@@ -74,11 +74,11 @@ def test_received_fd_is_close_on_exec(
     os.close(fds[0])
 
 
-# --8<-- [end:unix_socketpair]
+# --8<-- [end:fdpass_unix_socketpair]
 
 
-# --8<-- [start:forked_workers]
-def test_dispatch_reaches_forked_workers(forked_workers: ForkWorkers) -> None:
+# --8<-- [start:fdpass_forked_workers]
+def test_dispatch_reaches_forked_workers(fdpass_forked_workers: ForkWorkers) -> None:
     proxy = AcmeMasterProxy()
     listener = proxy.create_socket(0)
     proxy.open_channels(2)
@@ -95,7 +95,7 @@ def test_dispatch_reaches_forked_workers(forked_workers: ForkWorkers) -> None:
         proxy.close()
         return served
 
-    group = forked_workers(2, worker, deadline=10.0)
+    group = fdpass_forked_workers(2, worker, deadline=10.0)
     try:
         clients = [socket.create_connection(listener.getsockname(), timeout=5) for _ in range(2)]
         for n, client in enumerate(clients):
@@ -111,4 +111,4 @@ def test_dispatch_reaches_forked_workers(forked_workers: ForkWorkers) -> None:
         client.close()
 
 
-# --8<-- [end:forked_workers]
+# --8<-- [end:fdpass_forked_workers]
