@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .contract import ProtocolType
+from .harness.childcalls import LISTENER_ARG as LISTENER_ARG  # the listener, in arguments
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,6 @@ class CallSequence:
     child: tuple[tuple[str, tuple[object, ...]], ...] = ()
 
 
-#: Stands for the listener in a call's arguments (the harness passes the real one).
-LISTENER_ARG = "<listener>"
 
 OUT_OF_ORDER: tuple[CallSequence, ...] = (
     CallSequence(
