@@ -125,7 +125,6 @@ class CallSequence:
     child: tuple[tuple[str, tuple[object, ...]], ...] = ()
 
 
-
 OUT_OF_ORDER: tuple[CallSequence, ...] = (
     CallSequence(
         "dispatch before open_channels", "listening", (("dispatch", (LISTENER_ARG, 0.2)),)
