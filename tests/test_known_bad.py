@@ -72,6 +72,12 @@ REFERENCES: dict[str, frozenset[str]] = {
     # The corpus's base for hooked defects must itself be correct, or the
     # failures of the proxies built on it would prove nothing.
     "known_bad._master:PinnedMasterProxy": frozenset({"SP-15"}),
+    # Correct designs written unlike the reference, which the suites must not fail.
+    "known_bad._exact_buffer:ExactBufferMasterProxy": frozenset({"SP-15"}),
+    # A shared listener with a queue: the IPC class applies, IPC-08 (dispatch only) does not.
+    "known_bad._queue_shared_listener:QueueOwningSharedProxy": (
+        FP | FLT_FD_PASSING | {"SP-15", "FLT-04", "IPC-08"}
+    ),
 }
 
 #: Spurious failures (or misses) caused by a weakness of a suite, not by the proxy:

@@ -25,20 +25,38 @@ raise ``OSError(errno, strerror)``, which Python turns into the matching
 subclass (``BrokenPipeError`` for EPIPE, ``BlockingIOError`` for EAGAIN);
 ``times=None`` raises on every call from ``after+1`` on. Other calls go to
 the original.
+
+An injected result is one the kernel could have returned to that very call
+(docs/faults.md reviews each fault the suites inject): the failing call does
+nothing, as a failed system call does; EPIPE from a send without
+``MSG_NOSIGNAL`` on Linux also raises ``SIGPIPE`` in the process, as the kernel
+does (fatal at ``SIG_DFL``, nothing under Python's default ``SIG_IGN``); and
+EINTR is refused, because CPython retries an interrupted call itself (PEP 475),
+so Python code never sees it: interrupt with a real signal instead.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import inspect
 import os
+import signal
+import socket
+import sys
 import threading
 from collections.abc import Callable
 from types import ModuleType, TracebackType
 from typing import Any
 
 from fdpass_conformance.faults.errors import errno_name, parse_errno
+
+#: Send calls whose EPIPE comes with SIGPIPE unless MSG_NOSIGNAL is in their flags: the
+#: position of ``flags`` among the wrapper's arguments (``self`` first), or None where the
+#: flags never reach the kernel (``socket.send_fds`` drops them: facts.md, gh-107898).
+_SENDS: dict[str, int | None] = {"sendmsg": 3, "send": 2, "sendall": 2, "send_fds": None}
+_NOSIGNAL: int = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
 def available() -> tuple[bool, str]:
@@ -87,6 +105,11 @@ class PatchedErrno:
         self, target: str, error: str | int, after: int = 0, times: int | None = 1
     ) -> None:
         self.errno = parse_errno(error)
+        if self.errno == errno.EINTR:
+            raise ValueError(
+                "EINTR never reaches Python code (CPython retries an interrupted call, "
+                "PEP 475): deliver a real signal instead (faults.kernel)"
+            )
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise ValueError(f"after must be an int >= 0, got {after!r}")
         if times is not None and (isinstance(times, bool) or not isinstance(times, int)):
@@ -119,14 +142,28 @@ class PatchedErrno:
                 self.injected += 1
             return fail
 
-    def _raise(self) -> None:
+    def _sigpipe(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Whether the kernel would also send SIGPIPE with this call's EPIPE (Linux)."""
+        if self.errno != errno.EPIPE or not sys.platform.startswith("linux"):
+            return False
+        if self._attr not in _SENDS:
+            return False
+        at = _SENDS[self._attr]
+        if at is None:
+            return True
+        flags = kwargs.get("flags", args[at] if len(args) > at else 0)
+        return not (isinstance(flags, int) and flags & _NOSIGNAL)
+
+    def _raise(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self._sigpipe(args, kwargs):
+            signal.raise_signal(signal.SIGPIPE)  # what the kernel does to this sender
         raise OSError(self.errno, os.strerror(self.errno))
 
     def _make_wrapper(self, func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if self._should_fail():
-                self._raise()
+                self._raise(args, kwargs)
             return func(*args, **kwargs)
 
         return wrapper

@@ -336,6 +336,41 @@ class Master:
                 atexit._run_exitfuncs()
         return 0
 
+    def op_fork_calls(
+        self,
+        calls: list[tuple[str, list[object]]],
+        inst: int = 0,
+        timeout: float = 2.0,
+        spawn: int | None = None,
+    ) -> dict[str, Any]:
+        """``calls`` made in order by a child forked from this master (FP-15, FP-16).
+
+        For an out-of-process implementation (the exec adapter), ``spawn`` names
+        the program worker that the child drives: the program's master forks it
+        first, and the child's calls go to it. See ``childcalls.fork_calls``.
+        """
+        from .childcalls import fork_calls
+
+        instance = self.instances[inst]
+        listener = instance.listeners[-1] if instance.listeners else None
+        spawn_worker = getattr(instance.proxy, "fdpass_spawn_worker", None)
+        impl_pid: Callable[[], int] = os.getpid
+        if spawn is not None and callable(spawn_worker):
+            program_worker = int(spawn_worker(spawn))
+            impl_pid = lambda: program_worker  # noqa: E731
+        try:
+            return fork_calls(
+                instance.proxy,
+                listener,
+                calls,
+                impl_pid=impl_pid,
+                in_child=self.ctl.close,
+                timeout=timeout,
+            )
+        finally:
+            if spawn is not None and callable(spawn_worker):
+                instance.proxy.fdpass_worker_forked(spawn)
+
     def op_exited(self) -> dict[int, int]:
         self._reap()
         return dict(self.exited)

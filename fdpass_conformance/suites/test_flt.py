@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from .. import cases
+from ..faults.errors import errno_name, parse_errno
 from ..harness.server import ProxyServer, read_reply
 from ..leaks.fds import fd_count
 from ..outcomes import blocked, not_applicable
@@ -35,8 +37,8 @@ from .test_ipc import (
     trouble,
 )
 
-#: Errors a real sendmsg of SCM_RIGHTS reports: peer gone, no buffer, too many fds in flight.
-SENDMSG_ERRORS = ["ENOBUFS", "ETOOMANYREFS", "EPIPE"]
+#: Errors a real sendmsg of SCM_RIGHTS reports (the cases of FLT-01, in cases.py).
+SENDMSG_ERRORS = list(cases.SENDMSG_ERRORS)
 #: Channels opened by the FLT-04 checks; socketpair number k+1 of them fails.
 CHANNELS = 3
 
@@ -142,14 +144,71 @@ def _handle_sigusr1(index: int) -> None:
     signal.signal(signal.SIGUSR1, lambda signum, frame: None)
 
 
+#: Bytes of one fd in SCM_RIGHTS data.
+_FD_SIZE = array.array("i").itemsize
+
+
+def _room_for_fds(ancbufsize: int, ancdata: Sequence[tuple[int, int, bytes]], rights: int) -> int:
+    """How many fds the kernel could have put in the SCM_RIGHTS message ``ancdata[rights]``.
+
+    The kernel fills the receiver's control buffer in order: the messages before
+    the rights take their ``CMSG_SPACE``, then the rights message takes
+    ``CMSG_LEN(n * sizeof(int))`` for n fds, and n is as large as that fits
+    (Linux ``scm_detach_fds``); what does not fit is dropped with ``MSG_CTRUNC``.
+    """
+    used = sum(socket.CMSG_SPACE(len(data)) for _level, _kind, data in ancdata[:rights])
+    return max(0, (ancbufsize - used - socket.CMSG_LEN(0)) // _FD_SIZE)
+
+
+def _ancbufsize(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """The ``ancbufsize`` of a ``recvmsg(bufsize[, ancbufsize[, flags]])`` call."""
+    return int(args[1] if len(args) > 1 else kwargs.get("ancbufsize", 0))
+
+
+def _recv_flags(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    return int(args[2] if len(args) > 2 else kwargs.get("flags", 0))
+
+
+def _extra_fd(cloexec: bool) -> int | None:
+    """A descriptor as the kernel would have installed it, or None where it could not.
+
+    The write end of a fresh pipe whose read end is closed (so nothing but this
+    fd keeps the pipe open), moved to the lowest free number, which is where
+    the kernel installs a passed fd, with close-on-exec only if the receiver
+    asked for it (``MSG_CMSG_CLOEXEC``). None when the fd table is full: the
+    kernel would then have dropped the fd and set ``MSG_CTRUNC``.
+    """
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        return None
+    os.close(read_end)
+    try:
+        fd = os.dup(write_end)  # the lowest free number: read_end's, or lower
+    except OSError:
+        fd = write_end
+    else:
+        os.close(write_end)
+    os.set_inheritable(fd, not cloexec)
+    return fd
+
+
 def _doctor_fd_messages(variant: str, marker: str, nth: int = 2) -> Callable[[int], None]:
     """worker_setup: the ``nth`` fd message the worker receives comes back doctored.
 
     ``socket.socket.recvmsg`` is wrapped in the worker; the real data and fds
-    are kept, and either ``MSG_CTRUNC`` is added to the flags (``"ctrunc"``) or
-    the write end of a fresh pipe, whose read end is already closed, is
-    appended to the SCM_RIGHTS data (``"extra-fd"``). A line is appended to
-    ``marker`` when it happens, so the suite knows the doctoring took place.
+    are kept, and the result is one the kernel could have returned to that very
+    call (docs/faults.md):
+
+    * ``"ctrunc"``: ``MSG_CTRUNC`` is added to the flags, as when the sender sent
+      more fds than fit, or the fd table filled up midway;
+    * ``"extra-fd"``: the sender sent one fd more. If the receiver's control
+      buffer (its ``ancbufsize``) has room for it, the fd is appended to the
+      SCM_RIGHTS data (see :func:`_extra_fd`); if not, the kernel would have
+      dropped it: the result is the real fds with ``MSG_CTRUNC``.
+
+    A line is appended to ``marker`` when it happens, naming what was returned,
+    so that the suite knows the doctoring took place and how.
     """
 
     def setup(index: int) -> None:
@@ -169,15 +228,25 @@ def _doctor_fd_messages(variant: str, marker: str, nth: int = 2) -> Callable[[in
             seen += 1
             if seen != nth:
                 return data, ancdata, flags, address
+            doctored, how = list(ancdata), variant
+            if variant == "extra-fd":
+                level, kind, payload = ancdata[rights[0]]
+                room = _room_for_fds(_ancbufsize(args, kwargs), ancdata, rights[0])
+                cloexec = bool(_recv_flags(args, kwargs) & getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+                fd = None
+                if not flags & socket.MSG_CTRUNC and room > len(payload) // _FD_SIZE:
+                    fd = _extra_fd(cloexec)
+                if fd is None:
+                    how = f"extra-fd-truncated room={room}"
+                    flags |= socket.MSG_CTRUNC
+                else:
+                    how = f"extra-fd room={room}"
+                    extra = array.array("i", [fd]).tobytes()
+                    doctored[rights[0]] = (level, kind, payload + extra)
+            else:
+                flags |= socket.MSG_CTRUNC
             with open(marker, "a", encoding="ascii") as fh:
-                fh.write(f"{variant} {os.getpid()}\n")
-            if variant == "ctrunc":
-                return data, ancdata, flags | socket.MSG_CTRUNC, address
-            read_end, write_end = os.pipe()
-            os.close(read_end)
-            level, kind, payload = ancdata[rights[0]]
-            doctored = list(ancdata)
-            doctored[rights[0]] = (level, kind, payload + array.array("i", [write_end]).tobytes())
+                fh.write(f"{how} {os.getpid()}\n")
             return data, doctored, flags, address
 
         socket.socket.recvmsg = recvmsg  # type: ignore[method-assign, assignment]
@@ -228,7 +297,7 @@ class FaultSuite(SuiteBase):
         with srv.connect() as client:
             client.sendall(b"flt01")
             with counted_fault(srv, request, "sendmsg", error, times=times) as fault:
-                outcome, _took = timed_dispatch(srv, 2.0, 5.0)
+                outcome, took = timed_dispatch(srv, 2.0, 5.0)
             reply = read_reply(client, b"", timeout=2.0)
         if fault.injected == 0:
             not_applicable("dispatch made no sendmsg() call")
@@ -243,6 +312,12 @@ class FaultSuite(SuiteBase):
             )
         else:
             assert isinstance(outcome, OSError), f"{what}: dispatch raised {outcome!r}, not OSError"
+            retried = isinstance(outcome, TimeoutError) and took >= 2.0 * 0.9
+            assert outcome.errno == parse_errno(error) or retried, (
+                f"{what}: dispatch raised errno {outcome.errno} "
+                f"({errno_name(outcome.errno) if outcome.errno else 'none'}) instead of the "
+                f"injected {error}, which hides the cause: {outcome}"
+            )
             assert reply.end != "timeout", (
                 f"{what}: dispatch raised {outcome!r} and left the client hanging (no EOF in 2 s)"
             )
@@ -390,7 +465,15 @@ class FaultSuite(SuiteBase):
                 "the worker never received an fd through socket.socket.recvmsg "
                 "(not a Python socket receiver), so no message could be doctored"
             )
-        what = {"ctrunc": "with MSG_CTRUNC set", "extra-fd": "with one fd too many"}[variant]
+        how = marker.read_text(encoding="ascii").split()
+        what = {
+            "ctrunc": "with MSG_CTRUNC set",
+            "extra-fd": "with one fd too many",
+            "extra-fd-truncated": (
+                "carrying one fd more than the receiver's control buffer holds "
+                "(so, as the kernel does, with MSG_CTRUNC and the extra fd dropped)"
+            ),
+        }[how[0]]
         assert not left_hanging(reply), (
             f"the client of the fd message {what} was left hanging (no answer, no EOF in 3 s)"
         )

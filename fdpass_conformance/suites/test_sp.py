@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ..contract import ProtocolType
+from .. import cases
 from ..harness.server import HarnessError, ProxyServer, read_reply
 from ..leaks.ports import port_is_free
 from ..outcomes import not_applicable
@@ -25,18 +25,8 @@ from .evidence import (
 )
 from .faultctl import counted_fault
 
-#: Calls failed during setup (create_socket, then open_channels for an fd-passing
-#: proxy) with an errno each would not produce on its own here (SP-18, SP-19).
-INJECTED = [
-    ("bind", "EACCES"),
-    ("listen", "EADDRINUSE"),
-    ("socketpair", "ENFILE"),
-    ("msgget", "ENOSPC"),
-]
-#: Words accepted in a message as naming the failed call (SP-19).
-STEP_NAMES = {"msgget": ("msgget", "queue")}
-BAD_PORTS: list[object] = [-1, 65536, 70000, "80", 1.5, None]
-PROTOCOLS: list[object] = [*ProtocolType, "tcp", "http", "websocket"]
+#: The cases of SP-06, SP-07, SP-18 and SP-19 are in fdpass_conformance/cases.py, the
+#: table docs/spec.md is checked against.
 
 
 def _served_by(server: ProxyServer, timeout: float = 5.0) -> int | None:
@@ -86,6 +76,46 @@ def _fail_setup(
     return raised
 
 
+def _fail_dispatch(
+    server: ProxyServer, request: pytest.FixtureRequest, call: str, error: str
+) -> OSError:
+    """``dispatch(timeout=2)`` with a client waiting and every ``call`` failing; its OSError.
+
+    Every call fails, so that re-routing the connection to another worker cannot
+    hide the error. No connection needs to be served first: the errno is evidence
+    of its own. n/a for a proxy without dispatch, or whose dispatch makes no such
+    call; skipped when dispatch succeeded all the same (FLT-01 judges that).
+    """
+    if not server.fd_passing:
+        not_applicable("not an fd-passing proxy (no dispatch)")
+    server.set_auto(False)
+    raised: Exception | None = None
+    with server.connect() as client:
+        client.sendall(b"sp18")
+        with counted_fault(server, request, call, error, times=None) as fault:
+            try:
+                server.request("dispatch", 2.0, timeout=7.0)
+            except HarnessError:
+                raise
+            except Exception as exc:
+                raised = exc
+    if not fault.injected:
+        not_applicable(f"dispatch makes no {call}() call")
+    if raised is None:
+        pytest.skip(f"precondition failed: dispatch succeeded although every {call}() failed")
+    assert isinstance(raised, OSError), (
+        f"every {call}() in dispatch failed with {error}, and dispatch raised {raised!r}, "
+        "not OSError"
+    )
+    return raised
+
+
+def _fail(server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault) -> OSError:
+    if fault in cases.DISPATCH_FAULTS:
+        return _fail_dispatch(server(workers=2), request, fault.call, fault.error)
+    return _fail_setup(server(upto="constructed"), request, fault.call, fault.error)
+
+
 class SocketProxySuite(SuiteBase):
     @pytest.mark.requirement("SP-01")
     def test_factory_returns_fresh_complete_objects(self, server: StartServer) -> None:
@@ -133,28 +163,30 @@ class SocketProxySuite(SuiteBase):
     @pytest.mark.requirement("SP-06")
     def test_every_protocol_gives_a_stream_listener(self, server: StartServer) -> None:
         srv = server(upto="constructed")
-        for protocol in PROTOCOLS:
+        for protocol in cases.PROTOCOLS:
             inst = srv.add_instance("constructed").number
-            desc = srv.call("create_socket", 0, protocol, inst=inst)
+            desc = srv.call("create_socket", 0, protocol.value, inst=inst)
             assert desc["type"] == socket.SOCK_STREAM and desc["listening"], (
-                f"protocol {protocol!r} did not give a listening stream socket"
+                f"protocol {protocol.label} did not give a listening stream socket: {desc}"
             )
             srv.call("close", inst=inst)
 
     @pytest.mark.requirement("SP-06")
-    @pytest.mark.parametrize("protocol", ["udp", "sctp", "", "TCP "])
-    def test_unknown_protocol_is_rejected(self, server: StartServer, protocol: str) -> None:
+    @pytest.mark.parametrize("protocol", cases.BAD_PROTOCOLS, ids=lambda c: c.id)
+    def test_unknown_protocol_is_rejected(self, server: StartServer, protocol: cases.Case) -> None:
         srv = server(upto="constructed")
-        exc = _leaves_nothing(srv, 0, "create_socket", 0, protocol)
-        assert isinstance(exc, ValueError), f"protocol {protocol!r} raised {exc!r}, not ValueError"
+        exc = _leaves_nothing(srv, 0, "create_socket", 0, protocol.value)
+        assert isinstance(exc, ValueError), (
+            f"protocol {protocol.label} raised {exc!r}, not ValueError"
+        )
 
     @pytest.mark.requirement("SP-07")
-    @pytest.mark.parametrize("port", BAD_PORTS, ids=repr)
-    def test_invalid_port_is_rejected(self, server: StartServer, port: object) -> None:
+    @pytest.mark.parametrize("port", cases.BAD_PORTS, ids=lambda c: c.id)
+    def test_invalid_port_is_rejected(self, server: StartServer, port: cases.Case) -> None:
         srv = server(upto="constructed")
-        exc = _leaves_nothing(srv, 0, "create_socket", port)
+        exc = _leaves_nothing(srv, 0, "create_socket", port.value)
         assert isinstance(exc, (ValueError, TypeError, OverflowError)), (
-            f"port {port!r} raised {exc!r}, not ValueError/TypeError/OverflowError"
+            f"port {port.label} raised {exc!r}, not ValueError/TypeError/OverflowError"
         )
 
     @pytest.mark.requirement("SP-08")
@@ -295,32 +327,34 @@ class SocketProxySuite(SuiteBase):
         assert not bad, f"{len(bad)} of 64 concurrent clients were not served: {bad[:5]}"
 
     @pytest.mark.requirement("SP-18")
-    @pytest.mark.parametrize(("call", "error"), INJECTED)
+    @pytest.mark.parametrize("fault", cases.SETUP_FAULTS, ids=lambda f: f.id)
     def test_errors_keep_the_errno(
-        self, server: StartServer, request: pytest.FixtureRequest, call: str, error: str
+        self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
     ) -> None:
         # Only the errno is judged here: what a failed setup leaves behind is
         # IPC-03's (and SP-08's) to judge, not this requirement's.
-        exc = _fail_setup(server(upto="constructed"), request, call, error)
-        assert exc.errno == getattr(errno, error), (
-            f"injected {error} into {call}, got errno {exc.errno}: {exc}"
-        )
-        if exc.strerror is not None and exc.errno is not None:
-            assert os.strerror(exc.errno) in exc.strerror, (
-                f"injected {error} into {call}: strerror {exc.strerror!r} does not agree with "
-                f"errno {exc.errno} ({os.strerror(exc.errno)})"
-            )
+        _check_errno(_fail(server, request, fault), fault)
+
+    @pytest.mark.requirement("SP-18")
+    @pytest.mark.parametrize("fault", cases.DISPATCH_FAULTS, ids=lambda f: f.id)
+    def test_dispatch_errors_keep_the_errno(
+        self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
+    ) -> None:
+        _check_errno(_fail(server, request, fault), fault)
 
     @pytest.mark.requirement("SP-19")
-    @pytest.mark.parametrize(("call", "error"), INJECTED)
+    @pytest.mark.parametrize("fault", cases.SETUP_FAULTS, ids=lambda f: f.id)
     def test_errors_name_the_step(
-        self, server: StartServer, request: pytest.FixtureRequest, call: str, error: str
+        self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
     ) -> None:
-        exc = _fail_setup(server(upto="constructed"), request, call, error)
-        names = STEP_NAMES.get(call, (call,))
-        assert any(n in str(exc).lower() for n in names), (
-            f"the message does not name {call}(): {exc}"
-        )
+        _check_named(_fail(server, request, fault), fault)
+
+    @pytest.mark.requirement("SP-19")
+    @pytest.mark.parametrize("fault", cases.DISPATCH_FAULTS, ids=lambda f: f.id)
+    def test_dispatch_errors_name_the_step(
+        self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
+    ) -> None:
+        _check_named(_fail(server, request, fault), fault)
 
     @pytest.mark.requirement("SP-20")
     @needs("served")
@@ -330,3 +364,24 @@ class SocketProxySuite(SuiteBase):
             reply = served(srv, f"connection {n}")
             assert reply.nonblock is False, "accept() returned a non-blocking socket"
             assert reply.cloexec is True, "accept() returned an inheritable socket"
+
+
+def _check_errno(exc: OSError, fault: cases.Fault) -> None:
+    """SP-18's verdict: the errno is the injected one, and strerror agrees with it."""
+    assert exc.errno == getattr(errno, fault.error), (
+        f"injected {fault.error} into {fault.call}, got errno {exc.errno}: {exc}"
+    )
+    if exc.strerror is not None and exc.errno is not None:
+        assert os.strerror(exc.errno) in exc.strerror, (
+            f"injected {fault.error} into {fault.call}: strerror {exc.strerror!r} does not "
+            f"agree with errno {exc.errno} ({os.strerror(exc.errno)})"
+        )
+
+
+def _check_named(exc: OSError, fault: cases.Fault) -> None:
+    """SP-19's verdict: the message names the failed call, in the words of any language."""
+    names = "/".join(cases.STEP_NAMES.get(fault.call, (fault.call,)))
+    assert cases.names_step(str(exc), fault.call), (
+        f"injected {fault.error} into {fault.call}: the message does not name the step "
+        f"(none of {names}): {exc}"
+    )

@@ -232,3 +232,31 @@ def test_bad_arguments_fail_in_one_line(
 def test_resolve_finds_the_defining_object() -> None:
     assert resolve("socket.socket.sendmsg") == (socket.socket, "sendmsg")
     assert resolve("fdpass_conformance.sysv.msgget") == (sysv, "msgget")
+
+
+def test_eintr_is_refused_because_python_never_sees_it() -> None:
+    with pytest.raises(ValueError, match="PEP 475"):
+        PatchedErrno("socket.socket.sendmsg", "EINTR")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MSG_NOSIGNAL is Linux's")
+@pytest.mark.parametrize(("flags", "dies"), [(0, True), (socket.MSG_NOSIGNAL, False)])
+def test_epipe_kills_a_sender_without_msg_nosignal_at_sig_dfl(flags: int, dies: bool) -> None:
+    """As the kernel does: EPIPE comes with SIGPIPE unless the send passed MSG_NOSIGNAL."""
+    import signal
+
+    def child() -> bytes:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        a, _b = socket.socketpair()
+        with PatchedErrno("socket.socket.sendmsg", "EPIPE"):
+            try:
+                a.sendmsg([b"x"], [], flags)
+            except BrokenPipeError:
+                return b"raised"
+        return b"returned"
+
+    result = call_in_child(child, timeout=10.0)
+    if dies:
+        assert result.status == -signal.SIGPIPE, result
+    else:
+        assert (result.status, result.output) == (0, b"raised"), result

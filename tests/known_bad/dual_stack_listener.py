@@ -30,7 +30,10 @@ class DualStackProxy(PinnedMasterProxy):
         self.protocol = validate_protocol(protocol)
         self._require_master("create_socket")
         # The defect: "serve IPv6 too" with one AF_INET6 socket on the wildcard.
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise OSError(exc.errno, f"create_socket: socket() failed: {exc.strerror}") from exc
         step = "setsockopt"
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -26,7 +26,10 @@ class NoReuseAddrProxy(ForkSharedProxy):
     ) -> socket.socket:
         port = validate_port(port)
         self.protocol = validate_protocol(protocol)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise OSError(exc.errno, f"create_socket: socket() failed: {exc.strerror}") from exc
         step = f"bind({self.host}:{port})"
         try:
             # The defect: no setsockopt(SOL_SOCKET, SO_REUSEADDR, 1) before bind.

@@ -21,7 +21,10 @@ class LateReusePortProxy(ReusePortProxy):
     ) -> socket.socket:
         port = validate_port(port)
         self.protocol = validate_protocol(protocol)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise OSError(exc.errno, f"create_socket: socket() failed: {exc.strerror}") from exc
         step = "setsockopt(SO_REUSEADDR)"
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

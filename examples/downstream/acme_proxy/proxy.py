@@ -69,7 +69,10 @@ class AcmeMasterProxy:
             raise ValueError(f"port {port} is outside 0..65535")
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise OSError(exc.errno, f"create_socket: socket() failed: {exc.strerror}") from exc
         step = "setsockopt"
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
