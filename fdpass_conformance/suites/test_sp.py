@@ -39,11 +39,15 @@ def _leaves_nothing(server: ProxyServer, inst: int, call: str, *args: object) ->
     """Run a call that must fail in instance ``inst``; assert it left no fd and no IPC object."""
     fds = fd_counts(server, ["master"])
     ipc = server.ipc_objects()
-    with pytest.raises(BaseException) as info:
-        server.call(call, *args, inst=inst)
-    assert_fd_counts_flat(server, fds, f"after the failing {call}{args}")
-    assert server.ipc_objects() == ipc, f"{call}{args} left IPC objects behind"
-    return info.value
+    outcome = outcome_of(lambda: server.call(call, *args, inst=inst))
+    shown = ", ".join(map(repr, args))
+    assert isinstance(outcome, BaseException), (
+        f"{call}({shown}) returned {outcome!r} instead of raising"
+    )
+    assert_fd_counts_flat(server, fds, f"after the failing {call}({shown})")
+    left = server.ipc_objects()
+    assert left == ipc, f"{call}({shown}) left IPC objects behind: {left}"
+    return outcome
 
 
 def _fail_setup(
