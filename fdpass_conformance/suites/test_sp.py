@@ -41,8 +41,11 @@ def _leaves_nothing(server: ProxyServer, inst: int, call: str, *args: object) ->
     ipc = server.ipc_objects()
     outcome = outcome_of(lambda: server.call(call, *args, inst=inst))
     shown = ", ".join(map(repr, args))
+    if isinstance(outcome, dict) and "sockname" in outcome:  # a socket, described
+        host, port = outcome["sockname"][:2]
+        outcome = f"a listening socket on {host}:{port}"
     assert isinstance(outcome, BaseException), (
-        f"{call}({shown}) returned {outcome!r} instead of raising"
+        f"{call}({shown}) returned {outcome} instead of raising"
     )
     assert_fd_counts_flat(server, fds, f"after the failing {call}({shown})")
     left = server.ipc_objects()
