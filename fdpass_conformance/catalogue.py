@@ -160,6 +160,12 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "Invalid worker counts and indexes are rejected up front",
         added=True,
     ),
+    _r(
+        "FP-17",
+        "MUST",
+        "After enter_worker, a worker holds no listener of the master's",
+        added=True,
+    ),
     # IPC: System V objects
     _r("IPC-01", "MUST", "is_supported() and construction create no IPC object"),
     _r("IPC-02", "MUST", "Closing the master removes every IPC object the proxy made"),

@@ -230,6 +230,17 @@ class FdPassingSuite(SuiteBase):
                 both = ends & workers[j]
                 assert not both, f"workers {i} and {j} share channel sockets {sorted(both)}"
 
+    @pytest.mark.requirement("FP-17")
+    def test_workers_drop_the_listener(self, server: StartServer) -> None:
+        srv = server(workers=2)  # every worker reported ready: enter_worker has returned
+        for index, pid in enumerate(srv.worker_pids):
+            kept = [f for f in srv.fds(index) if f.kind == "tcp-listen"]
+            assert not kept, (
+                f"worker {index} still holds the master's listener after enter_worker: "
+                + "; ".join(f.describe(pid) for f in kept)
+                + " (the port stays bound after the master's close() while it lives)"
+            )
+
     @pytest.mark.requirement("FP-07")
     @needs("served")
     def test_worker_exit_or_death_leaves_ipc_and_others(self, server: StartServer) -> None:
