@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 from ..harness.childproc import exec_dies_with_parent
@@ -515,6 +515,35 @@ def probe(argv: Sequence[str], label: str, seconds: float) -> Hello:
         return launch.hello
     finally:
         launch.terminate()
+
+
+def probe_isolated(argv: Sequence[str], label: str, seconds: float) -> Hello:
+    """:func:`probe` inside the isolation the servers use (a private IPC namespace, or
+    the global lock with a diff and cleanup): a program that makes IPC objects as it
+    starts leaves none on the host, even from this configure-time trial start."""
+    from ..harness.isolation import call_isolated
+
+    def run() -> bytes:
+        try:
+            return b"ok" + json.dumps(asdict(probe(argv, label, seconds))).encode()
+        except ProgramError as exc:
+            return b"no" + str(exc).encode()
+
+    try:
+        result = call_isolated(run, timeout=seconds + 10.0)
+    except TimeoutError:
+        raise ProgramError(
+            f"{label}: its trial start did not end within {seconds + 10:g}s"
+        ) from None
+    kind, body = result.output[:2], result.output[2:].decode(errors="replace")
+    if result.status != 0 or kind not in (b"ok", b"no"):
+        shown = result.output.decode(errors="replace").strip()[:300] or f"status {result.status}"
+        raise ProgramError(f"{label}: its trial start failed: {shown}")
+    if kind == b"no":
+        raise ProgramError(body)
+    data = json.loads(body)
+    data["capabilities"] = tuple(data["capabilities"])
+    return Hello(**data)
 
 
 def still_holds(pid: int, remote_fd: int, ours: int) -> bool:

@@ -40,7 +40,7 @@ from typing import Any
 from ..contract import ProtocolType
 from ..harness.worker_role import WorkerGone
 from .procfs import RemoteFdFiller, fd_flags
-from .program import Hello, Launch, WorkerLink, default_deadline, probe, still_holds
+from .program import Hello, Launch, WorkerLink, default_deadline, probe_isolated, still_holds
 from .wire import ProgramDefect, ProgramError
 
 
@@ -172,7 +172,7 @@ def exec_impl(command: str | Sequence[str], deadline: float | None = None) -> Ex
         raise ProgramError(f"exec: {exe!r} is not an executable file")
     argv[0] = os.path.abspath(exe)
     seconds = default_deadline() if deadline is None else deadline
-    hello = probe(argv, f"exec program {os.path.basename(argv[0])!r}", seconds)
+    hello = probe_isolated(argv, f"exec program {os.path.basename(argv[0])!r}", seconds)
     return ExecFactory(argv, hello, seconds)
 
 
