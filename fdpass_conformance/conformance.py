@@ -24,14 +24,11 @@ from .catalogue import BY_ID
 from .harness.isolation import isolation_mode
 from .report import baseline, files
 from .report.model import Report, RequirementResult, TestOutcome, id_ranges
-from .suites.base import SUITE_TIMEOUT
+from .runstate import BASELINE_KEY, get_impls
+from .suites.base import SUITE_TIMEOUT, requirement_ids
 
 SHOULD_REASON = "SHOULD-level requirement: reported, fails the run only with --fdpass-strict"
 KNOWN_REASON = "known failure, listed in the --fdpass-baseline"
-
-
-def requirement_ids(item: pytest.Item) -> list[str]:
-    return [str(a) for m in item.iter_markers("requirement") for a in m.args]
 
 
 #: How pytest prefixes a skip's reason: "Skipped: " or our outcome's exception type.
@@ -90,8 +87,6 @@ class ConformancePlugin:
         self.report_paths: list[str] = config.getoption("fdpass_report")
         self.timeout = timeout
         self.report = Report(self.strict, isolation_mode(), _fault_layers())
-        from .plugin import BASELINE_KEY
-
         self.report.baseline = config.stash.get(BASELINE_KEY, None)
         self.report.baseline_strict = bool(config.getoption("fdpass_baseline_strict"))
         self.baseline_write: str | None = config.getoption("fdpass_baseline_write")
@@ -103,8 +98,6 @@ class ConformancePlugin:
             config.args[:] = [str(Path(__file__).parent / "suites" / "collected.py")]
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        from .plugin import get_impls
-
         impls = "; ".join(
             f"{i.id}: {i.language}" + (f", adapter protocol {i.protocol}" if i.protocol else "")
             for i in get_impls(config)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fdpass_conformance.loading import ImplError, ImplSpec, load_impl, unique_ids
-from fdpass_conformance.report.baseline import Baseline
+from fdpass_conformance.runstate import BASELINE_KEY, IMPLS_KEY, get_impls
 
 if TYPE_CHECKING:
     from fdpass_conformance.conformance import ConformancePlugin
@@ -23,12 +23,6 @@ pytest_plugins = [
     "fdpass_conformance.fixtures.leaks",
     "fdpass_conformance.fixtures.server",
 ]
-
-#: The validated implementations of this run, in command-line order.
-IMPLS_KEY = pytest.StashKey[list[ImplSpec]]()
-
-#: The --fdpass-baseline, loaded and checked at configure time.
-BASELINE_KEY = pytest.StashKey[Baseline]()
 
 #: Default per-test timeout of contract tests, in seconds (ini ``fdpass_timeout``).
 DEFAULT_TIMEOUT = 60.0
@@ -263,12 +257,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     impls = get_impls(metafunc.config)
     if impls:
         metafunc.parametrize("fdpass_impl", impls, ids=[i.id for i in impls], indirect=True)
-
-
-def get_impls(config: pytest.Config) -> list[ImplSpec]:
-    """The validated ``--fdpass-impl`` implementations (empty before configure)."""
-    impls: list[ImplSpec] = config.stash.get(IMPLS_KEY, [])
-    return list(impls)
 
 
 def fdpass_timeout(config: pytest.Config) -> float:

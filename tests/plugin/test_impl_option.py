@@ -103,7 +103,7 @@ def test_every_problem_is_reported_not_just_the_first(impl_dir: pytest.Pytester)
 
 REPORT_IMPLS = """
 import pytest
-from fdpass_conformance.plugin import get_impls
+from fdpass_conformance.runstate import get_impls
 
 def test_impls(request, fdpass_impl):
     assert fdpass_impl in get_impls(request.config)
