@@ -105,6 +105,12 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "Sockets returned by accept() are blocking and non-inheritable",
         added=True,
     ),
+    _r(
+        "SP-21",
+        "MUST",
+        "An exec program's master reaps its workers",
+        added=True,
+    ),
     # FP: fd-passing proxies
     _r("FP-01", "MUST", "open_channels, enter_worker and dispatch all exist once dispatch does"),
     _r("FP-02", "MUST", "The worker gets the very connection the master accepted"),

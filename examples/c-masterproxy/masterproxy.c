@@ -20,6 +20,7 @@
  *   -DEXIT_ON_REQUEST=N  the master exits (status 3) on its N-th request
  *   -DBROKEN_NO_ERRNO    (a switch of the kit) error replies carry no errno, as from
  *                        a library whose exceptions have none
+ *   -DBROKEN_NO_REAP     (a switch of the kit) the master never reaps its workers
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>

@@ -7,6 +7,7 @@ import os
 import socket
 import time
 
+import psutil
 import pytest
 
 from .. import cases
@@ -33,6 +34,13 @@ def _served_by(server: ProxyServer, timeout: float = 5.0) -> int | None:
     """One request; the index of the worker that answered it (None: no answer)."""
     with server.connect(timeout) as client:
         return read_reply(client, b"ping", timeout, eof_grace=0).index
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _leaves_nothing(server: ProxyServer, inst: int, call: str, *args: object) -> BaseException:
@@ -371,6 +379,22 @@ class SocketProxySuite(SuiteBase):
             reply = served(srv, f"connection {n}")
             assert reply.nonblock is False, "accept() returned a non-blocking socket"
             assert reply.cloexec is True, "accept() returned an inheritable socket"
+
+    @pytest.mark.requirement("SP-21")
+    def test_the_program_master_reaps_its_workers(self, server: StartServer) -> None:
+        srv = server(workers=2)
+        if not srv.exec_impl:
+            not_applicable("an in-process proxy's workers are the harness's children, reaped by it")
+        pid = srv.worker_pids[0]
+        srv.kill_worker(0)  # returns once the worker is dead (a zombie or gone)
+        srv.call("is_supported")  # one request: the master's loop gets its chance to reap
+        deadline = time.monotonic() + 3.0
+        while _is_zombie(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _is_zombie(pid), (
+            f"worker 0 (pid {pid}) is still a zombie 3 s after it was killed, and its master "
+            "answered a request meanwhile: the program's master never reaps its workers"
+        )
 
 
 def _check_errno(exc: OSError, fault: cases.Fault) -> None:

@@ -166,6 +166,15 @@ def test_c_program_without_errnos_fails_exactly_the_errno_requirements(
 
 
 @needs_cc
+def test_c_master_that_never_reaps_fails_exactly_sp21(pytester: pytest.Pytester) -> None:
+    binary = build(pytester.path / "masterproxy-no-reap", "-DBROKEN_NO_REAP")
+    result, report, _ = run_suites(pytester, f"exec:{binary}")
+    assert failed(report) == {"SP-21"}, result.stdout.str()[-3000:]
+    assert "still a zombie" in summary_line(result, "SP-21")
+    assert_nothing_left(str(binary))
+
+
+@needs_cc
 def test_a_program_dying_mid_run_is_one_clear_line(pytester: pytest.Pytester) -> None:
     binary = build(pytester.path / "masterproxy-exit3", "-DEXIT_ON_REQUEST=3")
     result, report, took = run_suites(pytester, f"exec:{binary}", "--fdpass-only=SP-09")
