@@ -20,5 +20,11 @@ BREAKS = frozenset({"FP-17"})
 class ListenerKeepingProxy(PinnedMasterProxy):
     def enter_worker(self, index: int) -> None:
         # The defect: "the worker does not use it anyway", so its copy is never closed.
-        self._kept: list[socket.socket] = [s.dup() for s in self._listeners if s.fileno() >= 0]
-        super().enter_worker(index)
+        kept = [s.dup() for s in self._listeners if s.fileno() >= 0]
+        try:
+            super().enter_worker(index)
+        except BaseException:  # a refused call closes nothing and keeps nothing (FP-15/16)
+            for sock in kept:
+                sock.close()
+            raise
+        self._kept: list[socket.socket] = kept
