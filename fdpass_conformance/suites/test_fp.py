@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import pytest
 
 from .. import cases
@@ -233,13 +234,20 @@ class FdPassingSuite(SuiteBase):
     @pytest.mark.requirement("FP-17")
     def test_workers_drop_the_listener(self, server: StartServer) -> None:
         srv = server(workers=2)  # every worker reported ready: enter_worker has returned
+        inspected = 0
         for index, pid in enumerate(srv.worker_pids):
-            kept = [f for f in srv.fds(index) if f.kind == "tcp-listen"]
+            try:
+                kept = [f for f in srv.fds(index) if f.kind == "tcp-listen"]
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                continue  # a worker that already ended holds nothing (its end is FP-11's)
+            inspected += 1
             assert not kept, (
                 f"worker {index} still holds the master's listener after enter_worker: "
                 + "; ".join(f.describe(pid) for f in kept)
                 + " (the port stays bound after the master's close() while it lives)"
             )
+        if not inspected:
+            pytest.skip("could not be checked: every worker had ended before its fds were read")
 
     @pytest.mark.requirement("FP-07")
     @needs("served")
