@@ -33,7 +33,7 @@ import psutil
 import pytest
 
 from fdpass_conformance.catalogue import BY_ID, REQUIREMENTS
-from fdpass_conformance.harness.childproc import exec_dies_with_parent
+from fdpass_conformance.processes import exec_dies_with_parent
 
 #: Seconds the corpus session may take before the outer test gives up on it.
 CORPUS_TIMEOUT = 2400

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
-from ..harness.childproc import exec_dies_with_parent
+from ..processes import exec_dies_with_parent
 from .procfs import fd_target, process_end, socket_target
 from .wire import (
     ENV_PROTOCOL,

@@ -34,8 +34,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from ..harness.childproc import fork_child
 from ..loading import ImplError, load_impl
+from ..processes import fork_child
 
 PROG = "fdpass-bench-breakdown"
 STAMPS = struct.Struct("=dd")

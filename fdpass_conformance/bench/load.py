@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..harness.childproc import fork_child
+from ..processes import fork_child
 from .procstat import own_cpu_seconds
 from .servers import ANSWER
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..contract import is_fd_passing
 from ..harness import namespace
-from ..harness.childproc import fork_child
+from ..processes import fork_child
 
 #: A worker's answer: its pid and the CLOCK_MONOTONIC time at which ``accept`` returned,
 #: followed by the request it echoes.

@@ -17,8 +17,8 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..faults.forked import call_in_child
 from ..leaks.fds import fd_count
+from ..processes import call_in_child
 
 #: Stands for the instance's listener in a call's arguments (``cases.LISTENER_ARG``).
 LISTENER_ARG = "<listener>"

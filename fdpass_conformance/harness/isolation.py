@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterator
 
 import filelock
 
-from fdpass_conformance.faults.forked import ChildResult, call_in_child
 from fdpass_conformance.harness.namespace import (
     IPC_NAMESPACE_REASON,
     IPC_NAMESPACES,
     enter_new_ipc_namespace,
 )
 from fdpass_conformance.leaks.ipcs import list_ipc_objects, remove_ipc_object
+from fdpass_conformance.processes import ChildResult, call_in_child
 
 LOCK_NAME = "fdpass-conformance-ipc.lock"
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..contract import check_impl, is_fd_passing
 from ..outcomes import MissingMethod, from_implementation
-from .childproc import CRASHED, fork_child
+from ..processes import CRASHED, fork_child, wait_pid
 from .events import EventWriter
 from .fdtable import FdFiller
 from .wire import WireClosed, recv_msg, send_msg
@@ -313,8 +313,6 @@ class Master:
         (minus the signal number if a signal ended it); a child still running
         after ``timeout`` seconds is killed and TimeoutError raised.
         """
-        from ..faults.forked import wait_pid
-
         if action not in ("close", "drop"):
             raise ValueError(f"action must be 'close' or 'drop', got {action!r}")
         body = functools.partial(self._bystander_body, action, inst, run_atexit)

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Final, NamedTuple
 
-from fdpass_conformance.faults.forked import call_in_child
+from fdpass_conformance.processes import call_in_child
 
 CLONE_NEWIPC: Final = 0x08000000
 CLONE_NEWUSER: Final = 0x10000000

@@ -25,10 +25,9 @@ import psutil
 from ..contract import ProtocolType
 from ..leaks.fds import FdInfo, fd_inventory
 from ..leaks.ipcs import IpcObject, list_ipc_objects, parse_ipcs, remove_ipc_object
-from ..leaks.procs import kill_tree
 from ..outcomes import not_applicable
+from ..processes import fork_child, kill_tree
 from . import namespace
-from .childproc import fork_child
 from .events import EventReader
 from .isolation import global_ipc_lock
 from .master_role import MasterConfig, run_master

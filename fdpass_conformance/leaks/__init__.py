@@ -23,7 +23,6 @@ from fdpass_conformance.leaks.procs import (
     child_pids,
     child_processes,
     is_same_process,
-    kill_tree,
 )
 from fdpass_conformance.leaks.snapshot import (
     LEAK_KINDS,
@@ -57,7 +56,6 @@ __all__ = [
     "fd_inventory",
     "ipcs_command",
     "is_same_process",
-    "kill_tree",
     "list_ipc_objects",
     "listening_ports",
     "mode_from_string",

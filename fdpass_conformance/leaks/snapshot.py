@@ -20,8 +20,8 @@ from fdpass_conformance.leaks.procs import (
     ProcessInfo,
     child_processes,
     is_same_process,
-    kill_tree,
 )
+from fdpass_conformance.processes import kill_tree
 
 IpcLister = Callable[[], list[IpcObject]]
 

@@ -30,7 +30,7 @@ from fdpass_conformance.bench.load import (
     run_clients,
 )
 from fdpass_conformance.bench.servers import ANSWER
-from fdpass_conformance.harness.childproc import fork_child
+from fdpass_conformance.processes import fork_child
 
 pytestmark = [
     pytest.mark.timeout(60),

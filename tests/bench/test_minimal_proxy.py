@@ -18,7 +18,7 @@ from typing import cast
 import pytest
 
 from fdpass_conformance.bench.minimal import MinimalMasterProxy
-from fdpass_conformance.harness.forked import fork_workers
+from fdpass_conformance.processes import fork_workers
 
 pytestmark = [
     pytest.mark.timeout(60),

@@ -15,7 +15,6 @@ import pytest
 
 from fdpass_conformance.faults import kernel
 from fdpass_conformance.faults.errors import FaultUnavailable
-from fdpass_conformance.faults.forked import call_in_child, kill_and_reap, wait_pid
 from fdpass_conformance.faults.kernel import (
     close_fds,
     fill_fd_table,
@@ -23,6 +22,7 @@ from fdpass_conformance.faults.kernel import (
     restore_nofile_limit,
     set_nofile_limit,
 )
+from fdpass_conformance.processes import call_in_child, kill_and_reap, wait_pid
 
 from .helpers import dead_pid, proc_state, wait_for
 

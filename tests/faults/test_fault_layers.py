@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fdpass_conformance import faults
-from fdpass_conformance.faults.forked import call_in_child, try_reap, wait_pid
+from fdpass_conformance.processes import call_in_child, try_reap, wait_pid
 
 
 def test_layers_describe_all_three_with_a_status() -> None:
@@ -28,7 +28,8 @@ def test_layers_describe_all_three_with_a_status() -> None:
 
 @pytest.mark.timeout(30)
 def test_call_in_child_returns_output_status_and_exceptions() -> None:
-    assert call_in_child(lambda: b"hello") == (0, b"hello")
+    hello = call_in_child(lambda: b"hello")
+    assert (hello.status, hello.output) == (0, b"hello")
 
     def boom() -> bytes:
         raise OSError(28, "No space left on device")

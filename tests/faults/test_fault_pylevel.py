@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from fdpass_conformance import sysv
-from fdpass_conformance.faults.forked import call_in_child
 from fdpass_conformance.faults.pylevel import PatchedErrno, resolve
+from fdpass_conformance.processes import call_in_child
 
 ORIGINAL_SOCKETPAIR = socket.socketpair
 

@@ -14,8 +14,8 @@ import pytest
 
 from fdpass_conformance.faults import syscall
 from fdpass_conformance.faults.errors import FaultUnavailable
-from fdpass_conformance.faults.forked import call_in_child
 from fdpass_conformance.faults.syscall import SyscallFault, tracer_pid, when_expression
+from fdpass_conformance.processes import call_in_child
 
 from .helpers import (
     SENDMSG_LOOP,

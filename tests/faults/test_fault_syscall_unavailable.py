@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from fdpass_conformance.faults import syscall
-from fdpass_conformance.faults.forked import call_in_child
 from fdpass_conformance.faults.syscall import SyscallFault
+from fdpass_conformance.processes import call_in_child
 
 from .helpers import LineProcess, proc_state, untraced_and_running, wait_for
 

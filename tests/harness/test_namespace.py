@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from fdpass_conformance.faults.forked import call_in_child, kill_and_reap, wait_pid
 from fdpass_conformance.harness import isolation, namespace
 from fdpass_conformance.harness.isolation import global_ipc_lock, isolation_mode, lock_path
 from fdpass_conformance.harness.namespace import (
@@ -35,6 +34,7 @@ from fdpass_conformance.harness.namespace import (
     setns,
     unshare,
 )
+from fdpass_conformance.processes import call_in_child, kill_and_reap, wait_pid
 from fdpass_conformance.sysv import MessageQueue
 
 needs_ns = pytest.mark.skipif(
@@ -184,7 +184,7 @@ def test_msgmni_zero_inside_gives_enospc_and_leaves_the_host_alone(runner: str) 
         assert _host_msgmni() == host_before
         # A process that joins the namespace gets the real errno from msgget.
         joined = call_in_child(joined_msgget)
-        assert joined == (0, str(errno.ENOSPC).encode())
+        assert (joined.status, joined.output) == (0, str(errno.ENOSPC).encode())
         # So does a command run inside.
         script = (
             "from fdpass_conformance.sysv import msgget\n"
@@ -194,7 +194,7 @@ def test_msgmni_zero_inside_gives_enospc_and_leaves_the_host_alone(runner: str) 
         assert (ran.returncode, ran.stdout.strip()) == (0, str(errno.ENOSPC)), ran.stderr
         handle.set_limit("msgmni", default)
         joined = call_in_child(joined_msgget)
-        assert joined == (0, b"created")
+        assert (joined.status, joined.output) == (0, b"created")
         assert not any(line.startswith("0x") for line in handle.ipcs_text().splitlines())
         for name in ("msgmnb", "msgmax"):
             handle.set_limit(name, 4096)
@@ -342,7 +342,7 @@ _NOBODY_SCRIPT = r"""
 import json, os, sys
 from fdpass_conformance.harness import namespace as n
 from fdpass_conformance.sysv import MessageQueue
-from fdpass_conformance.faults.forked import wait_pid
+from fdpass_conformance.processes import wait_pid
 key = int(sys.argv[1])
 out = {"uid": os.getuid(), "method": n.IPC_NAMESPACE_METHOD, "limits": n.IPC_LIMITS}
 for runner in sys.argv[2:]:

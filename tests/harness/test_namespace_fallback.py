@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 
-from fdpass_conformance.faults.forked import ChildResult, call_in_child, kill_and_reap, wait_pid
 from fdpass_conformance.harness import namespace
 from fdpass_conformance.harness.namespace import (
     CLONE_NEWIPC,
@@ -33,6 +32,7 @@ from fdpass_conformance.harness.namespace import (
     Detection,
     NamespaceHandle,
 )
+from fdpass_conformance.processes import ChildResult, call_in_child, kill_and_reap, wait_pid
 from fdpass_conformance.sysv import MessageQueue
 
 pytestmark = [
@@ -431,7 +431,7 @@ def _probe_answer(result: ChildResult | BaseException) -> Callable[..., ChildRes
             ),
         ),
         (
-            ChildResult(-9, b""),
+            ChildResult(0, 1, "died", -9),
             Detection(
                 False,
                 "IPC namespace probe failed (status -9): b''",
@@ -441,7 +441,7 @@ def _probe_answer(result: ChildResult | BaseException) -> Callable[..., ChildRes
             ),
         ),
         (
-            ChildResult(0, b"ok user+ipc 13"),
+            ChildResult(0, 1, "returned", 0, b"ok user+ipc 13"),
             Detection(
                 True,
                 "",
@@ -452,7 +452,7 @@ def _probe_answer(result: ChildResult | BaseException) -> Callable[..., ChildRes
             ),
         ),
         (
-            ChildResult(0, b"ok ipc 30"),
+            ChildResult(0, 1, "returned", 0, b"ok ipc 30"),
             Detection(
                 True,
                 "",

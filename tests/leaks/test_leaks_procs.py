@@ -8,7 +8,8 @@ import time
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
-from fdpass_conformance.leaks import child_pids, child_processes, kill_tree
+from fdpass_conformance.leaks import child_pids, child_processes
+from fdpass_conformance.processes import kill_tree
 
 from .helpers import Children, free_pid, needs_linux, read_line, wait_until
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from fdpass_conformance.fixtures.core import ForkWorkers
 from fdpass_conformance.fixtures.server import ProxyServerFactory
-from fdpass_conformance.harness.forked import ForkWorkers
 from fdpass_conformance.leaks import fds as fdmod
 from fdpass_conformance.leaks.fds import fd_count, fd_inventory
 from fdpass_conformance.leaks.ipcs import IpcObject, ipcs_command, list_ipc_objects, parse_ipcs

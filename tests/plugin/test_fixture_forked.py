@@ -23,7 +23,7 @@ import time
 import psutil
 import pytest
 
-from fdpass_conformance.harness.forked import ChildFailed, fork_workers
+from fdpass_conformance.processes import ChildFailed, fork_workers
 
 LOG = pathlib.Path("events.log")
 STUCK = []
@@ -219,7 +219,7 @@ def test_fork_workers_outside_pytest(pytester: pytest.Pytester) -> None:
         """
         import time
         import psutil
-        from fdpass_conformance.harness.forked import fork_workers
+        from fdpass_conformance.processes import fork_workers
 
         with fork_workers(2, lambda i: i * 10, deadline=10) as group:
             print("VALUES", [r.get() for r in group.results()])
@@ -238,7 +238,7 @@ def test_results_outside_the_owner_is_refused(pytester: pytest.Pytester) -> None
     script = textwrap.dedent(
         """
         import os
-        from fdpass_conformance.harness.forked import fork_workers
+        from fdpass_conformance.processes import fork_workers
 
         with fork_workers(1, lambda i: i, deadline=10) as group:
             outer = group

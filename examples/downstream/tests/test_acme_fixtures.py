@@ -12,9 +12,9 @@ import socket
 import pytest
 from acme_proxy import AcmeMasterProxy, _sysv
 
+from fdpass_conformance.fixtures.core import ForkWorkers
 from fdpass_conformance.fixtures.leaks import LeakCheck
 from fdpass_conformance.fixtures.server import ProxyServerFactory
-from fdpass_conformance.harness.forked import ForkWorkers
 from fdpass_conformance.sysv import MessageQueue
 
 

@@ -1,4 +1,4 @@
-"""``harness.forked`` (``fdpass_forked_workers``) on the paths an ordinary child avoids.
+"""``processes.fork_workers`` (``fdpass_forked_workers``) on the paths an ordinary child avoids.
 
 Real children throughout: ones that exit without a result, die by a signal
 Python has no name for, destroy their result pipe, send a result that cannot
@@ -23,11 +23,12 @@ from typing import Any, NoReturn
 import psutil
 import pytest
 
-from fdpass_conformance.harness import forked
-from fdpass_conformance.harness.forked import (
-    EXIT_UNREPORTED,
+from fdpass_conformance.processes import (
+    CRASHED,
     ChildFailed,
+    ChildResult,
     WorkerGroup,
+    children,
     fork_workers,
 )
 
@@ -42,7 +43,7 @@ def _no_children_left() -> bool:
     return [c for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE] == []
 
 
-def _run(n: int, target: Callable[[int], object], **kwargs: Any) -> list[forked.ChildResult]:
+def _run(n: int, target: Callable[[int], object], **kwargs: Any) -> list[ChildResult]:
     with fork_workers(n, target, deadline=20) as group:
         return group.results(**kwargs)
 
@@ -64,7 +65,7 @@ def test_describe_names_each_ending() -> None:
     assert returned.describe() == f"forked child 0 (pid {pids[0]}) returned 42"
     assert (exited.outcome, exited.returncode) == ("died", 3)
     assert exited.describe() == (
-        f"forked child 1 (pid {pids[1]}) died without a result: exited with status 3"
+        f"forked child 1 (pid {pids[1]}) died without a result: exit status 3"
     )
     sig = int(signal.SIGRTMIN) + 6
     assert killed.returncode == -sig
@@ -104,7 +105,7 @@ def test_a_target_that_destroys_its_result_pipe_is_reported_not_believed(
     how: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
     (result,) = _run(1, _close_or_replace_result_pipe(how))
-    assert (result.outcome, result.returncode) == ("died", EXIT_UNREPORTED)
+    assert (result.outcome, result.returncode) == ("died", CRASHED)
     err = capfd.readouterr().err
     assert (
         f"forked child 0 (pid {result.pid}): the target closed or replaced the result pipe" in err
@@ -202,7 +203,7 @@ def test_a_fork_failing_midway_kills_and_reaps_the_children_already_forked(
 def test_without_waitid_and_poll_the_group_still_collects(monkeypatch: pytest.MonkeyPatch) -> None:
     """MOCK: ``waitid`` and ``select.poll`` reported missing, as on platforms without them
     (macOS has no waitid): the fallbacks (waitpid WNOHANG, select) are used."""
-    monkeypatch.setattr(forked, "_HAS_WAITID", False)
+    monkeypatch.setattr(children, "_HAS_WAITID", False)
     monkeypatch.delattr(select, "poll")
     results = _run(3, lambda i: i * 10)
     assert [r.get() for r in results] == [0, 10, 20]

@@ -14,13 +14,13 @@ import time
 import psutil
 import pytest
 
-from fdpass_conformance.harness.childproc import exec_dies_with_parent
+from fdpass_conformance.processes import exec_dies_with_parent
 
 pytestmark = pytest.mark.timeout(60)
 
 PARENT = """
 import subprocess, sys
-from fdpass_conformance.harness.childproc import exec_dies_with_parent
+from fdpass_conformance.processes import exec_dies_with_parent
 child = subprocess.Popen(["sleep", "30"], preexec_fn=exec_dies_with_parent({sig}))
 print(child.pid, flush=True)
 """
@@ -54,7 +54,7 @@ def test_the_program_dies_with_its_parent(sig: int) -> None:
 
 def test_no_preexec_where_the_kernel_has_no_pdeathsig(monkeypatch: pytest.MonkeyPatch) -> None:
     """MOCK: macOS has no prctl; the helper must say so with None, not fail in the child."""
-    from fdpass_conformance.harness import childproc
+    from fdpass_conformance.processes import fork
 
-    monkeypatch.setattr(childproc, "_libc", None)
+    monkeypatch.setattr(fork, "_libc", None)
     assert exec_dies_with_parent() is None
