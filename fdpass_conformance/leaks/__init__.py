@@ -15,6 +15,7 @@ from fdpass_conformance.leaks.ipcs import (
     list_ipc_objects,
     mode_from_string,
     parse_ipcs,
+    queue_senders,
     remove_ipc_object,
 )
 from fdpass_conformance.leaks.ports import listening_ports, port_is_free
@@ -61,6 +62,7 @@ __all__ = [
     "mode_from_string",
     "parse_ipcs",
     "port_is_free",
+    "queue_senders",
     "remove_ipc_object",
     "summarize",
     "take_snapshot",

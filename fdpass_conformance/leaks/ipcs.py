@@ -20,7 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: Kinds in the order ``ipcs`` prints them.
 IPC_KINDS = ("queue", "shm", "sem")
@@ -51,6 +51,9 @@ class IpcObject:
     key: int
     mode: int  # permission bits, e.g. 0o600
     owner: str
+    #: Messages waiting in a queue, where ``ipcs`` shows them (util-linux); else None.
+    #: Not part of the identity: the same queue with more messages is the same object.
+    messages: int | None = field(default=None, compare=False)
 
     def describe(self) -> str:
         """One line that lets a reader find the object with ``ipcs`` and ``ipcrm`` it."""
@@ -104,7 +107,10 @@ def _parse_linux(text: str) -> list[IpcObject]:
             key, ident, owner, perms = fields[0], fields[1], fields[2], fields[3]
             if not key.startswith("0x"):
                 raise ValueError(key)
-            objects.append(IpcObject(kind, int(ident), int(key, 16), int(perms, 8), owner))
+            messages = int(fields[5]) if kind == "queue" and len(fields) > 5 else None
+            objects.append(
+                IpcObject(kind, int(ident), int(key, 16), int(perms, 8), owner, messages)
+            )
         except (IndexError, ValueError):
             raise ValueError(f"unparsable ipcs line {lineno}: {raw!r}") from None
     if kind is None:
@@ -197,6 +203,24 @@ def list_ipc_objects(timeout: float = 10.0) -> list[IpcObject]:
     """
     argv, flavor = ipcs_command()
     return parse_ipcs(_run_tool(argv, timeout), flavor)
+
+
+def queue_senders(timeout: float = 10.0) -> dict[int, int]:
+    """Queue id -> pid of its last ``msgsnd`` (0: none yet), from util-linux ``ipcs -q -p``.
+
+    Linux only (the BSD ``ipcs`` prints no such table); who fed a queue is how
+    a test tells which process really sent a token.
+    """
+    senders: dict[int, int] = {}
+    for lineno, raw in enumerate(_run_tool(["ipcs", "-q", "-p"], timeout).splitlines(), 1):
+        fields = raw.split()
+        if not fields or raw.startswith("------") or fields[0] == "msqid":
+            continue
+        try:
+            senders[int(fields[0])] = int(fields[2])
+        except (IndexError, ValueError):
+            raise ValueError(f"unparsable ipcs -q -p line {lineno}: {raw!r}") from None
+    return senders
 
 
 def remove_ipc_object(obj: IpcObject, timeout: float = 10.0) -> None:

@@ -36,6 +36,7 @@ from .wait import (
     signal_quietly,
     try_reap,
     wait_pid,
+    wait_status,
 )
 
 __all__ = [
@@ -60,4 +61,5 @@ __all__ = [
     "signal_quietly",
     "try_reap",
     "wait_pid",
+    "wait_status",
 ]

@@ -64,12 +64,18 @@ def wait_pid(pid: int, timeout: float, *, kill: bool = True) -> int:
     and TimeoutError is raised. A pid that is not our child raises
     ChildProcessError at once.
     """
+    return exit_code(wait_status(pid, timeout, kill=kill))
+
+
+def wait_status(pid: int, timeout: float, *, kill: bool = True) -> int:
+    """:func:`wait_pid`, returning the raw ``waitpid`` status (for callers that test
+    it with ``os.WIFSIGNALED`` and friends)."""
     deadline = time.monotonic() + timeout
     delay = 0.0005
     while True:
         done, waitstatus = os.waitpid(pid, os.WNOHANG)
         if done:
-            return exit_code(waitstatus)
+            return waitstatus
         if time.monotonic() >= deadline:
             break
         time.sleep(delay)

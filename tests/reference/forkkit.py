@@ -18,32 +18,41 @@ describes the received socket). A worker leaves with ``os._exit(0)`` on
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
+import functools
 import json
 import os
-import re
 import resource
 import select
 import signal
 import socket
-import subprocess
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import pytest
 
+from fdpass_conformance.harness import namespace
+from fdpass_conformance.leaks import fds
+from fdpass_conformance.leaks._procnet import unix_table
+from fdpass_conformance.leaks.ipcs import list_ipc_objects, queue_senders, remove_ipc_object
+from fdpass_conformance.processes import (
+    CRASHED,
+    exit_code,
+    fork_child,
+    kill_tree,
+    signal_quietly,
+    wait_status,
+)
 from reference import ForkSharedProxy, MasterProxy, ReusePortProxy
 from reference.shared_listener import SharedListenerProxy
 
 HOST = "127.0.0.1"
-CLONE_NEWIPC = 0x08000000
 #: Exit code of a worker or child that left through an unexpected exception.
-EXIT_CRASH = 70
+EXIT_CRASH = CRASHED
 
 Proxy: TypeAlias = "SharedListenerProxy | MasterProxy"
 P = TypeVar("P", bound="SharedListenerProxy | MasterProxy")
@@ -58,30 +67,22 @@ Note: TypeAlias = Callable[[str, Any], None]
 # -- observing processes and the kernel ------------------------------------
 
 
-def fd_count(pid: int | str = "self") -> int:
-    """Open fds of a process (for ``self``: counted the same way each time)."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def fd_count(pid: int | None = None) -> int:
+    """Open fds of ``pid`` (default: this process), counted by the toolkit's leak checker."""
+    return fds.fd_count(os.getpid() if pid is None else pid)
 
 
-def socket_inodes(pid: int | str = "self") -> set[int]:
-    """Inodes of every socket that process ``pid`` holds."""
-    found: set[int] = set()
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{name}")
-        except FileNotFoundError:
-            continue
-        m = re.fullmatch(r"socket:\[(\d+)\]", target)
-        if m:
-            found.add(int(m.group(1)))
-    return found
+def socket_inodes(pid: int | None = None) -> set[int]:
+    """Inodes of every socket that process ``pid`` (default: this one) holds."""
+    inventory = fds.fd_inventory(os.getpid() if pid is None else pid)
+    return {
+        int(i.target[len("socket:[") : -1]) for i in inventory if i.target.startswith("socket:[")
+    }
 
 
 def unix_inodes() -> set[int]:
     """Inodes of every AF_UNIX socket in this network namespace."""
-    with open("/proc/net/unix") as f:
-        rows = f.read().splitlines()[1:]
-    return {int(row.split()[6]) for row in rows if len(row.split()) >= 7}
+    return set(unix_table())
 
 
 def inode_of(sock: socket.socket) -> int:
@@ -90,30 +91,22 @@ def inode_of(sock: socket.socket) -> int:
 
 @dataclass(frozen=True)
 class QueueRow:
-    """One line of ``ipcs -q``."""
+    """One queue as ``ipcs -q`` prints it (key and perms as printed: ``0x00000000``, ``600``)."""
 
     key: str
     msqid: int
     owner: str
     perms: str
-    used_bytes: int
     messages: int
 
 
 def ipcs_queues() -> dict[int, QueueRow]:
-    """The message queues ``ipcs -q`` lists (in this process's IPC namespace)."""
-    out = subprocess.run(
-        ["ipcs", "-q"], capture_output=True, text=True, check=True, timeout=10
-    ).stdout
-    rows: dict[int, QueueRow] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 6 and parts[0].startswith("0x"):
-            row = QueueRow(
-                parts[0], int(parts[1]), parts[2], parts[3], int(parts[4]), int(parts[5])
-            )
-            rows[row.msqid] = row
-    return rows
+    """The message queues ``ipcs`` lists (in this process's IPC namespace)."""
+    return {
+        obj.id: QueueRow(f"0x{obj.key:08x}", obj.id, obj.owner, f"{obj.mode:o}", obj.messages or 0)
+        for obj in list_ipc_objects()
+        if obj.kind == "queue"
+    }
 
 
 def queue_messages(qid: int) -> int | None:
@@ -124,24 +117,13 @@ def queue_messages(qid: int) -> int | None:
 
 def queue_last_sender(qid: int) -> int | None:
     """lspid of queue ``qid`` from ``ipcs -q -p``: the pid of the last msgsnd (0: none yet)."""
-    out = subprocess.run(
-        ["ipcs", "-q", "-p"], capture_output=True, text=True, check=True, timeout=10
-    ).stdout
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 4 and parts[0] == str(qid):
-            return int(parts[2])
-    return None
+    return queue_senders().get(qid)
 
 
 def queue_id(proxy: object) -> int | None:
     """The id of the reference MasterProxy's queue (its private attribute), if any."""
     queue = getattr(proxy, "_queue", None)
     return None if queue is None else int(queue.id)
-
-
-def ipcrm_queue(qid: int) -> None:
-    subprocess.run(["ipcrm", "-q", str(qid)], capture_output=True, check=True, timeout=10)
 
 
 def readable(fd: int, timeout: float) -> bool:
@@ -161,34 +143,23 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
         time.sleep(interval)
 
 
-def enter_new_ipc_namespace() -> None:
-    """unshare(CLONE_NEWIPC) for the calling process (Python 3.11 has no os.unshare)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWIPC) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"unshare(CLONE_NEWIPC) failed: {os.strerror(code)}")
-
-
 @contextlib.contextmanager
 def private_ipc_namespace() -> Iterator[None]:
     """Run the calling thread (and what it forks or spawns) in a new IPC namespace.
 
     The original namespace is re-entered with setns() on exit; call it around
     everything that creates or removes queues, so that no queue id of the
-    private namespace is ever used in the original one.
+    private namespace is ever used in the original one. Plain
+    ``unshare(CLONE_NEWIPC)``, not ``namespace.enter_new_ipc_namespace``: the
+    test process has threads, and only this form can be undone.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
     original = os.open("/proc/thread-self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        enter_new_ipc_namespace()
+        namespace.unshare(namespace.CLONE_NEWIPC)
         try:
             yield
         finally:
-            if libc.setns(original, CLONE_NEWIPC) != 0:
-                code = ctypes.get_errno()
-                raise OSError(
-                    code, f"setns(back to the original IPC namespace): {os.strerror(code)}"
-                )
+            namespace.setns(original, namespace.CLONE_NEWIPC)
     finally:
         os.close(original)
 
@@ -275,34 +246,27 @@ def _serve(conn: socket.socket) -> None:
         conn.sendall(f"{os.getpid()}\n".encode())
 
 
-def _worker_main(
+def _worker_body(
     proxy: Proxy,
     listener: socket.socket,
     index: int,
     ready: tuple[int, int],
     also_close: Iterable[Proxy],
-) -> NoReturn:
-    code = EXIT_CRASH
-    try:
-        os.close(ready[0])
-        for other in also_close:
-            other.close()
-        if isinstance(proxy, MasterProxy):
-            proxy.enter_worker(index)
-        os.write(ready[1], b".")
-        os.close(ready[1])
-        while True:
-            try:
-                conn = proxy.accept(listener)
-            except EOFError:
-                code = 0
-                break
-            with conn, contextlib.suppress(OSError):
-                _serve(conn)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        os._exit(code)
+) -> int:
+    os.close(ready[0])
+    for other in also_close:
+        other.close()
+    if isinstance(proxy, MasterProxy):
+        proxy.enter_worker(index)
+    os.write(ready[1], b".")
+    os.close(ready[1])
+    while True:
+        try:
+            conn = proxy.accept(listener)
+        except EOFError:
+            return 0
+        with conn, contextlib.suppress(OSError):
+            _serve(conn)
 
 
 @dataclass
@@ -316,26 +280,19 @@ class Workers:
     def reap(self, index: int, timeout: float) -> int | None:
         """The wait status of worker ``index`` once it exited, None if still running."""
         pid = self.pids[index]
-        deadline = time.monotonic() + timeout
-        while pid not in self.statuses:
+        if pid not in self.statuses:
             try:
-                done, status = os.waitpid(pid, os.WNOHANG)
+                self.statuses[pid] = wait_status(pid, timeout, kill=False)
             except ChildProcessError:
                 self.statuses[pid] = -1
-                break
-            if done:
-                self.statuses[pid] = status
-                break
-            if time.monotonic() >= deadline:
+            except TimeoutError:
                 return None
-            time.sleep(0.002)
         return self.statuses[pid]
 
     def kill(self, index: int) -> int | None:
         """SIGKILL worker ``index`` and reap it."""
         if self.pids[index] not in self.statuses:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pids[index], signal.SIGKILL)
+            signal_quietly(self.pids[index], signal.SIGKILL)
         return self.reap(index, 5.0)
 
     def wait_all(self, timeout: float) -> dict[int, int]:
@@ -367,10 +324,8 @@ def spawn_workers(
     pool = Workers([], isinstance(proxy, MasterProxy))
     try:
         for i in range(n):
-            pid = os.fork()
-            if pid == 0:
-                _worker_main(proxy, listener, i, ready, others)
-            pool.pids.append(pid)
+            body = functools.partial(_worker_body, proxy, listener, i, ready, others)
+            pool.pids.append(fork_child(body))
         os.close(open_ends.pop())
         # Ready means: every worker wrote its byte (it has entered) *and* closed
         # both pipe ends (EOF), so that its fd table no longer changes on its own.
@@ -409,43 +364,37 @@ class ChildOutcome:
 
     @property
     def exit_code(self) -> int | None:
-        if self.status is None or not os.WIFEXITED(self.status):
-            return None
-        return os.WEXITSTATUS(self.status)
+        code = None if self.status is None else exit_code(self.status)
+        return code if code is not None and code >= 0 else None
 
     @property
     def killed_by(self) -> int | None:
-        if self.status is None or not os.WIFSIGNALED(self.status):
-            return None
-        return os.WTERMSIG(self.status)
+        code = None if self.status is None else exit_code(self.status)
+        return -code if code is not None and code < 0 else None
 
 
-def _child_main(body: Callable[[Note], Any], wfd: int, new_ipc_ns: bool) -> NoReturn:
-    code = EXIT_CRASH
-
+def _child_body(body: Callable[[Note], Any], wfd: int, new_ipc_ns: bool) -> int:
     def emit(obj: dict[str, Any]) -> None:
         data = json.dumps(obj).encode() + b"\n"
         while data:
             data = data[os.write(wfd, data) :]
 
     try:
-        os.setpgid(0, 0)
         skip: str | None = None
         if new_ipc_ns:
             try:
-                enter_new_ipc_namespace()
+                namespace.enter_new_ipc_namespace()
             except OSError as exc:
                 skip = str(exc)
         if skip is not None:
             emit({"skip": skip})
         else:
             emit({"ok": body(lambda key, value: emit({"note": [key, value]}))})
-        code = 0
+        return 0
     except BaseException:
         with contextlib.suppress(BaseException):
             emit({"error": traceback.format_exc()})
-    finally:
-        os._exit(code)
+        return EXIT_CRASH
 
 
 class Lab:
@@ -487,30 +436,23 @@ class Lab:
 
     def fork(self, body: Callable[[], None]) -> int:
         """Fork a process that runs ``body`` and leaves with os._exit (0, or 70 on error)."""
-        pid = os.fork()
-        if pid == 0:
-            code = EXIT_CRASH
-            try:
-                body()
-                code = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
+
+        def run() -> int:
+            body()
+            return 0
+
+        pid = fork_child(run)
         self._pids.append(pid)
         return pid
 
     def wait(self, pid: int, timeout: float = 10.0) -> int:
         """Wait status of a process from ``fork``; fails the test if it does not exit."""
-        deadline = time.monotonic() + timeout
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                self._pids.remove(pid)
-                return status
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"process {pid} did not exit within {timeout}s")
-            time.sleep(0.002)
+        try:
+            status = wait_status(pid, timeout, kill=False)
+        except TimeoutError:
+            raise AssertionError(f"process {pid} did not exit within {timeout}s") from None
+        self._pids.remove(pid)
+        return status
 
     def run_in_child(
         self, body: Callable[[Note], Any], *, new_ipc_ns: bool = False, timeout: float = 15.0
@@ -525,11 +467,15 @@ class Lab:
         vanishes with its last process.
         """
         rfd, wfd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
+
+        def child() -> int:
             os.close(rfd)
-            _child_main(body, wfd, new_ipc_ns)
-        os.close(wfd)
+            return _child_body(body, wfd, new_ipc_ns)
+
+        try:
+            pid = fork_child(child, new_group=True)
+        finally:
+            os.close(wfd)
         with contextlib.suppress(OSError):  # also done by the child: no race with killpg
             os.setpgid(pid, pid)
         self._children[pid] = False
@@ -564,15 +510,12 @@ class Lab:
         return ChildOutcome(status, final.get("ok"), final.get("error"), notes)
 
     def _reap_child(self, pid: int, timeout: float) -> int | None:
-        deadline = time.monotonic() + timeout
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                self._children[pid] = True
-                return status
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.002)
+        try:
+            status = wait_status(pid, timeout, kill=False)
+        except TimeoutError:
+            return None
+        self._children[pid] = True
+        return status
 
     # clients
 
@@ -615,21 +558,14 @@ class Lab:
                 proxy.close()
         for pool in self._pools:
             pool.stop(grace=1.0 if pool.fd_passing else 0.0)
-        for pid in self._pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-        for pid, reaped in self._children.items():
-            # The whole group: the child and any worker it forked and left behind.
-            # A group id cannot be reused while the group has members.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            if not reaped:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
+        for pgid in self._children:
+            # The whole group: the child and any worker it forked and left behind
+            # (reparented, so no longer its descendant). A group id cannot be
+            # reused while the group has members.
+            signal_quietly(-pgid, signal.SIGKILL)
+        unreaped = [pid for pid, reaped in self._children.items() if not reaped]
+        kill_tree([*self._pids, *unreaped], deadline=5.0)
         if self._queues:
-            listed = ipcs_queues()
-            for qid in self._queues & listed.keys():
-                with contextlib.suppress(subprocess.CalledProcessError):
-                    ipcrm_queue(qid)
+            for obj in list_ipc_objects():
+                if obj.kind == "queue" and obj.id in self._queues:
+                    remove_ipc_object(obj)
