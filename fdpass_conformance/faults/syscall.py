@@ -21,10 +21,19 @@ If the tracer dies, the tracee is never left stopped:
   continue; at most the one call strace was rewriting at that instant fails
   with ENOSYS instead of the requested errno.
 * If *our* process dies, strace would go on tracing (and injecting) until its
-  tracees exit. To avoid that, strace is started under
-  ``setpriv --pdeathsig TERM`` when setpriv supports it, so strace detaches
-  cleanly when the thread that started it dies (enter the fault from the
-  thread that will outlive it, normally the main thread).
+  tracees exit. To avoid that, strace is started with a parent-death signal
+  (``processes.exec_dies_with_parent(SIGTERM)``: ``PR_SET_PDEATHSIG`` set
+  between fork and exec, and an exit if the parent is already gone), so
+  strace detaches cleanly when the thread that started it dies (enter the
+  fault from the thread that will outlive it, normally the main thread).
+* :meth:`SyscallFault.detach` never returns or raises with strace still
+  running: SIGINT first, SIGKILL when strace has not left within
+  ``detach_timeout`` *or when anything interrupts the wait* (pytest-timeout's
+  alarm, Ctrl-C). It used to forget strace before it was gone, so a test that
+  timed out while detaching left a strace nobody could reach any more: the
+  stray strace of the CI dry runs.
+* A forked child that runs the exit hooks (a normal interpreter exit) leaves
+  the parent's strace and log alone: only the process that attached detaches.
 
 Attaching waits until ``TracerPid`` of the tracee (every thread of it, with
 ``follow_forks``) is strace's pid, then ``settle`` seconds more: strace seizes
@@ -50,6 +59,7 @@ from types import TracebackType
 from typing import IO
 
 from fdpass_conformance.faults.errors import FaultUnavailable, errno_name, parse_errno
+from fdpass_conformance.processes import exec_dies_with_parent
 
 #: strace's bounds for ``when=first..last`` (see ``man strace``).
 MAX_FIRST = 65535
@@ -117,21 +127,6 @@ def available() -> tuple[bool, str]:
         message = " / ".join(probe.stderr.strip().splitlines()) or f"status {probe.returncode}"
         return False, f"strace cannot trace here: {message}"
     return True, ""
-
-
-@functools.cache
-def _pdeathsig_prefix() -> tuple[str, ...]:
-    """``setpriv --pdeathsig TERM --`` if this setpriv has the option, else nothing."""
-    exe = shutil.which("setpriv")
-    if exe is None:
-        return ()
-    try:
-        helptext = subprocess.run(
-            [exe, "--help"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return ()
-    return (exe, "--pdeathsig", "TERM", "--") if "--pdeathsig" in helptext else ()
 
 
 def when_expression(after: int, times: int | None) -> str:
@@ -226,6 +221,7 @@ class SyscallFault:
         self.when = when_expression(after, times)
         self.log_path: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._owner = 0  # the pid that started strace: only it may stop strace
         self._stderr: IO[bytes] | None = None
         self._log_text: str | None = None
         self.strace_stderr = ""
@@ -236,7 +232,7 @@ class SyscallFault:
         return self._proc.pid if self._proc is not None else None
 
     def command(self, log_path: str) -> list[str]:
-        """The strace command line (without the setpriv prefix), for reports and debugging."""
+        """The strace command line, for reports and debugging."""
         exe = shutil.which("strace") or "strace"
         cmd = [exe, "-p", str(self.pid)]
         if self.follow_forks:
@@ -265,11 +261,13 @@ class SyscallFault:
         # Closed in detach(): it lives as long as strace, across attach and detach.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self._proc = subprocess.Popen(
-            [*_pdeathsig_prefix(), *self.command(self.log_path)],
+            self.command(self.log_path),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,
+            preexec_fn=exec_dies_with_parent(signal.SIGTERM),  # prctl only; no lock taken
         )
+        self._owner = os.getpid()
         _ATTACHED.add(self)
         try:
             self._wait_attached()
@@ -323,19 +321,34 @@ class SyscallFault:
         """Stop strace (SIGINT, then SIGKILL past ``detach_timeout``); the tracee runs on.
 
         Idempotent. Keeps the log text for :meth:`injected_count` and removes
-        the log file.
+        the log file. strace is SIGKILLed (the kernel then detaches the
+        tracee) also when the wait is interrupted, so no exception leaves it
+        running. In a forked child this only forgets the parent's strace.
         """
         proc, self._proc = self._proc, None
         _ATTACHED.discard(self)
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(self.detach_timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if proc is not None and os.getpid() != self._owner:
+            self.log_path = None  # the parent's file: it reads and removes it
+            if self._stderr is not None:
+                self._stderr.close()
+                self._stderr = None
+            return
+        try:
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGINT)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(self.detach_timeout)
+        finally:
+            try:
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(self.detach_timeout)
+            finally:
+                self._release_files()
+
+    def _release_files(self) -> None:
         if self._stderr is not None:
             self.strace_stderr = self._read_stderr()
             self._stderr.close()

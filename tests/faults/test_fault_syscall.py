@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from fdpass_conformance.faults import syscall
 from fdpass_conformance.faults.errors import FaultUnavailable
 from fdpass_conformance.faults.syscall import SyscallFault, tracer_pid, when_expression
-from fdpass_conformance.processes import call_in_child
+from fdpass_conformance.processes import call_in_child, exec_dies_with_parent
 
 from .helpers import (
     SENDMSG_LOOP,
@@ -108,14 +109,14 @@ def test_strace_killed_the_kernel_detaches_and_the_tracee_runs_on(tracee: LinePr
 @needs_strace
 @pytest.mark.timeout(30)
 def test_strace_detaches_when_the_process_that_started_it_dies(tracee: LineProcess) -> None:
-    """setpriv --pdeathsig: our death makes strace detach instead of injecting forever.
+    """PR_SET_PDEATHSIG: our death makes strace detach instead of injecting forever.
 
     A subreaper child R forks C; C attaches a SyscallFault that fails every
     sendmsg and is then SIGKILLed (no cleanup runs). strace, reparented to R,
     must get SIGTERM, detach and exit; R reaps it.
     """
-    if not syscall._pdeathsig_prefix():
-        pytest.skip("setpriv --pdeathsig unavailable: strace would outlive us (documented)")
+    if exec_dies_with_parent() is None:
+        pytest.skip("no PR_SET_PDEATHSIG: strace would outlive us (documented)")
     tracee_pid = tracee.pid
 
     def reaper() -> bytes:
@@ -222,7 +223,7 @@ FORGETFUL = """
 import subprocess, sys
 from fdpass_conformance.faults import syscall
 from fdpass_conformance.faults.syscall import SyscallFault
-syscall._pdeathsig_prefix = lambda: []  # no PR_SET_PDEATHSIG: only the exit hook is left
+syscall.exec_dies_with_parent = lambda sig: None  # no PR_SET_PDEATHSIG: only the exit hook
 sleeper = subprocess.Popen(["sleep", "30"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 fault = SyscallFault(sleeper.pid, "sendmsg", "ENOBUFS", times=None)
 fault.attach()
@@ -251,3 +252,93 @@ def _alive(pid: int) -> bool:
         return proc_state(pid) not in ("Z", "X")
     except FileNotFoundError:
         return False
+
+
+class _Interrupted(Exception):
+    """What pytest-timeout's alarm (or Ctrl-C) raises wherever the main thread is."""
+
+
+def _interrupt_main_thread_in(seconds: float) -> threading.Timer:
+    """SIGUSR1 at this process after ``seconds``; its handler raises _Interrupted.
+
+    SIGUSR1, not SIGALRM: pytest-timeout keeps its own alarm for the test.
+    """
+
+    def raise_interrupted(signum: int, frame: object) -> None:
+        raise _Interrupted
+
+    signal.signal(signal.SIGUSR1, raise_interrupted)
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGUSR1))
+    timer.start()
+    return timer
+
+
+@needs_strace
+@pytest.mark.timeout(30)
+def test_a_detach_cut_short_by_a_timeout_leaves_no_strace(tracee: LineProcess) -> None:
+    """The stray strace of the CI dry runs: a test that times out while detach() waits.
+
+    strace is stopped so that it cannot act on SIGINT (as a strace slow to
+    detach under load), and the wait is interrupted long before
+    ``detach_timeout``. detach() used to forget strace first, so it then ran
+    on with nobody left to stop it; now the interruption SIGKILLs it.
+    """
+    fault = SyscallFault(tracee.pid, "sendmsg", "ENOBUFS", times=None, detach_timeout=20)
+    fault.attach()
+    strace_pid = fault.strace_pid
+    assert strace_pid is not None
+    previous = signal.getsignal(signal.SIGUSR1)
+    try:
+        os.kill(strace_pid, signal.SIGSTOP)
+        wait_for(lambda: proc_state(strace_pid) == "T", 5, "strace to stop")
+        timer = _interrupt_main_thread_in(0.3)
+        start = time.monotonic()
+        with pytest.raises(_Interrupted):
+            fault.detach()
+        timer.join()
+        assert time.monotonic() - start < 10, "detach() waited out its timeout"
+        assert not _alive(strace_pid), "an interrupted detach() left strace running"
+        wait_for(lambda: untraced_and_running(tracee.pid), 5, "an untraced, running tracee")
+        assert tracee.ask("send 2") == "ok,ok"
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        if _alive(strace_pid):  # the old behaviour: do not let this test leave it behind
+            os.kill(strace_pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(strace_pid, 0)
+
+
+@needs_strace
+@pytest.mark.timeout(30)
+def test_strace_ends_with_its_traced_process() -> None:
+    """The traced process killed (a test killing its server): strace leaves on its own."""
+    proc = LineProcess(SENDMSG_LOOP)
+    fault = SyscallFault(proc.pid, "sendmsg", "ENOBUFS", times=None, follow_forks=False)
+    try:
+        fault.attach()
+        strace_pid = fault.strace_pid
+        assert strace_pid is not None
+        proc.close()  # SIGKILL and reap
+        wait_for(lambda: fault._proc is not None and fault._proc.poll() is not None, 10, "strace")
+    finally:
+        fault.detach()
+        proc.close()
+
+
+@needs_strace
+@pytest.mark.timeout(30)
+def test_a_forked_child_leaves_the_parents_strace_alone(tracee: LineProcess) -> None:
+    """A child that exits through the interpreter's exit hooks runs detach() on the faults it
+    inherited: that must neither stop the parent's strace nor remove the parent's log."""
+    with SyscallFault(tracee.pid, "sendmsg", "ENOBUFS", times=None) as fault:
+        log_path = fault.log_path
+
+        def forget() -> bytes:
+            fault.detach()  # what syscall._detach_all does in a child at exit
+            return b"done"
+
+        assert call_in_child(forget).output == b"done"
+        assert fault.strace_pid is not None and tracer_pid(tracee.pid) == fault.strace_pid
+        assert log_path is not None and os.path.exists(log_path)
+        assert tracee.ask("send 1") == "ENOBUFS"
+    assert fault.injected_count() == 1

@@ -40,10 +40,8 @@ needs_strace = pytest.mark.skipif(not AVAILABLE, reason=f"strace unavailable: {W
 def fresh_probes() -> Iterator[None]:
     """The probes are cached per process: start and leave with empty caches."""
     syscall.available.cache_clear()
-    syscall._pdeathsig_prefix.cache_clear()
     yield
     syscall.available.cache_clear()
-    syscall._pdeathsig_prefix.cache_clear()
 
 
 def _program(directory: Path, name: str, text: str) -> Path:
@@ -93,20 +91,6 @@ def test_a_strace_that_cannot_be_executed(bin_dir: Path) -> None:
     ok, why = syscall.available()
     assert not ok
     assert why.startswith("strace probe failed: [Errno 2] No such file or directory"), why
-
-
-def test_setpriv_without_pdeathsig_or_missing_means_no_prefix(bin_dir: Path) -> None:
-    """Without ``setpriv --pdeathsig`` strace is started bare (the documented risk)."""
-    assert syscall._pdeathsig_prefix() == ()
-    syscall._pdeathsig_prefix.cache_clear()
-    _program(bin_dir, "setpriv", "#!/bin/sh\necho 'Usage: setpriv [options] <program>'\n")
-    assert syscall._pdeathsig_prefix() == ()
-    syscall._pdeathsig_prefix.cache_clear()
-    _program(bin_dir, "setpriv", "#!/nonexistent/interpreter\n")
-    assert syscall._pdeathsig_prefix() == ()
-    syscall._pdeathsig_prefix.cache_clear()
-    setpriv = _program(bin_dir, "setpriv", "#!/bin/sh\necho '  --pdeathsig keep|clear|<sig>'\n")
-    assert syscall._pdeathsig_prefix() == (str(setpriv), "--pdeathsig", "TERM", "--")
 
 
 def test_other_unix_is_named(monkeypatch: pytest.MonkeyPatch, fresh_probes: None) -> None:
