@@ -1,7 +1,7 @@
 """SyscallFault where strace cannot be used, and the edges of attach and detach.
 
-The availability probe is run for real against stand-in ``strace`` and
-``setpriv`` programs put first on PATH (a missing one, one that fails the way
+The availability probe is run for real against stand-in ``strace``
+programs put first on PATH (a missing one, one that fails the way
 strace fails under a seccomp policy, one that cannot be executed), so each
 reason is the one a user would read. Yama is not enabled on this kernel: those
 tests patch the file read and say so. The attach/detach edges use the real
