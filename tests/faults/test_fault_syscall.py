@@ -319,7 +319,7 @@ def test_strace_ends_with_its_traced_process() -> None:
         strace_pid = fault.strace_pid
         assert strace_pid is not None
         proc.close()  # SIGKILL and reap
-        wait_for(lambda: fault._proc is not None and fault._proc.poll() is not None, 10, "strace")
+        wait_for(lambda: not _alive(strace_pid), 10, "strace to leave with its tracee")
     finally:
         fault.detach()
         proc.close()
