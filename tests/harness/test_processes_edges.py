@@ -217,3 +217,35 @@ def test_a_broken_stdout_does_not_stop_forking(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(sys, "stdout", closed)
     results = _run(1, lambda i: "ran")
     assert results[0].get() == "ran"
+
+
+def test_one_wording_for_every_ending() -> None:
+    """Raw wait statuses and decoded exit codes read the same in every report."""
+    from fdpass_conformance.processes import describe_exit, describe_status, exit_code
+
+    assert exit_code(3 << 8) == 3
+    assert exit_code(signal.SIGPIPE) == -signal.SIGPIPE
+    assert describe_status(3 << 8) == describe_exit(3) == "exit status 3"
+    assert describe_status(signal.SIGKILL) == describe_exit(-9) == "killed by SIGKILL"
+    rt = int(signal.SIGRTMIN) + 5
+    assert describe_status(rt) == f"killed by signal {rt}"
+    assert describe_exit(None) == "its exit status was collected elsewhere"
+
+
+def test_wait_status_gives_the_raw_status_and_never_blocks_past_its_deadline() -> None:
+    from fdpass_conformance.processes import fork_child, wait_status
+
+    pid = fork_child(lambda: 5)
+    status = wait_status(pid, 10)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 5
+    def sleep() -> int:
+        time.sleep(60)
+        return 0
+
+    sleeper = fork_child(sleep)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="killed it"):
+        wait_status(sleeper, 0.2)
+    assert time.monotonic() - start < 5
+    with pytest.raises(ChildProcessError):  # killed and reaped: nothing left
+        os.waitpid(sleeper, os.WNOHANG)
