@@ -238,6 +238,7 @@ def test_wait_status_gives_the_raw_status_and_never_blocks_past_its_deadline() -
     pid = fork_child(lambda: 5)
     status = wait_status(pid, 10)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 5
+
     def sleep() -> int:
         time.sleep(60)
         return 0
