@@ -16,6 +16,7 @@ import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from fdpass_conformance.adapter import (
+    ExecBackend,
     ExecFactory,
     ExecProxy,
     ProgramDefect,
@@ -23,7 +24,8 @@ from fdpass_conformance.adapter import (
     UnsupportedMethod,
     exec_impl,
 )
-from fdpass_conformance.harness.backends import backend_for
+from fdpass_conformance.harness.backends import InProcessBackend, backend_for
+from fdpass_conformance.harness.server import ProxyServer
 from fdpass_conformance.leaks.ports import port_is_free
 from fdpass_conformance.loading import ImplError, load_impl
 
@@ -84,6 +86,19 @@ def test_calls_reach_the_program(monkeypatch: pytest.MonkeyPatch) -> None:
     proxy.close()
     assert listener.fileno() == -1, "close() left our copy of the listener open"
     assert port_is_free(port), "the program kept the listener after close()"
+
+
+def test_the_backend_is_chosen_by_the_factory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exec factory's servers reach the program through the exec backend; any other
+    factory (a class, a function) runs in the harness's processes."""
+    from fdpass_conformance.reference import MasterProxy
+
+    factory = fake(monkeypatch, "ok")
+    assert isinstance(backend_for(factory), ExecBackend)
+    assert ProxyServer(factory).exec_impl
+    for other in (MasterProxy, lambda: MasterProxy()):
+        assert isinstance(backend_for(other), InProcessBackend)
+        assert not ProxyServer(other).exec_impl
 
 
 def test_a_master_reaped_by_the_harness_reports_how_it_ended(
