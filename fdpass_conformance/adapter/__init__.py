@@ -13,6 +13,7 @@ fault and report applies unchanged. In a test tree::
 
 from __future__ import annotations
 
+from .backend import ExecBackend  # also registers it as the backend of ExecFactory
 from .program import DEFAULT_DEADLINE, ENV_DEADLINE, Hello
 from .proxy import ExecFactory, ExecFdPassingProxy, ExecProxy, RemoteSocket, exec_impl
 from .wire import (
@@ -32,6 +33,7 @@ __all__ = [
     "ENV_SOCKET",
     "PROTOCOL",
     "PROTOCOLS",
+    "ExecBackend",
     "ExecFactory",
     "ExecFdPassingProxy",
     "ExecProxy",

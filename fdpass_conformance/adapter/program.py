@@ -18,10 +18,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
@@ -122,13 +121,6 @@ def describe_status(status: int) -> str:
             return f"killed by {signal.Signals(sig).name}"
         return f"killed by signal {sig}"
     return f"exit status {os.WEXITSTATUS(status)}"
-
-
-def _reaped_by_harness(pid: int) -> int | None:
-    """The status of ``pid`` if the harness's master reaped it (waitpid(-1) takes any child)."""
-    master_role = sys.modules.get("fdpass_conformance.harness.master_role")
-    reaped: dict[int, int] = getattr(master_role, "REAPED", {})
-    return reaped.get(pid)
 
 
 def _recv_hello(chan: Channel, deadline: float) -> Hello:
@@ -266,6 +258,9 @@ class Launch:
     hello: Hello | None = None
     status: int | None = None
     worker_pids: list[int] = field(default_factory=list)
+    #: Wait statuses taken by someone else in this process (the harness's master reaps
+    #: any child with ``waitpid(-1)``; the exec backend records them here): pid -> status.
+    reaped: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -276,8 +271,17 @@ class Launch:
         return f"{self.label} master (pid {self.pid})"
 
     @classmethod
-    def start(cls, argv: Sequence[str], label: str, seconds: float) -> Launch:
-        """Run the program and complete the master's handshake; ProgramError on any failure."""
+    def start(
+        cls,
+        argv: Sequence[str],
+        label: str,
+        seconds: float,
+        reaped: Mapping[int, int] | None = None,
+    ) -> Launch:
+        """Run the program and complete the master's handshake; ProgramError on any failure.
+
+        ``reaped``: where statuses of the program's master reaped by another are recorded.
+        """
         workdir = tempfile.mkdtemp(prefix="fdpass-adapter-")
         path = os.path.join(workdir, "ctl")
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -309,6 +313,8 @@ class Launch:
                 f"{label}: cannot start {argv[0]!r}: {exc.strerror or exc}"
             ) from None
         launch = cls(tuple(argv), label, proc, server, workdir, log)
+        if reaped is not None:
+            launch.reaped = reaped
         try:
             launch._handshake(seconds)
         except BaseException:
@@ -428,7 +434,7 @@ class Launch:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:
-                reaped = _reaped_by_harness(self.pid)
+                reaped = self.reaped.get(self.pid)
                 if reaped is None:
                     return "it exited; status unknown"
                 pid, status = self.pid, reaped

@@ -7,7 +7,7 @@ a request executed by the program's process that the contract names:
 
 * in the process that started the program (the *owner*), calls go to the
   program's master;
-* ``fdpass_spawn_worker(i)`` asks the program's master to fork worker ``i`` and takes
+* ``spawn_program_worker(i)`` asks the program's master to fork worker ``i`` and takes
   that worker's control connection; the Python process forked next (the
   harness's worker, here called its *driver*) keeps that connection and
   forwards every call it makes (``enter_worker``, ``accept``, ``close``) to
@@ -16,11 +16,14 @@ a request executed by the program's process that the contract names:
 
 Sockets come back as real fds (SCM_RIGHTS), checked against
 ``/proc/PID/fd`` of the program; their close-on-exec and O_NONBLOCK flags are
-read from the program's own ``/proc/PID/fdinfo`` (``fdpass_describe``), not
+read from the program's own ``/proc/PID/fdinfo`` (``RemoteSocket.impl_view``), not
 from our copy, whose flags are ours. A connection stays held by the program
 worker that accepted it while the driver serves it on its behalf; closing our
 copy releases the program's, so the connection ends when the worker is done
 with it, and a driver ends as soon as its program worker does.
+
+The harness reaches these processes only through the exec backend
+(``adapter/backend.py``), which calls the ``program_*`` methods below.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..contract import ProtocolType
-from ..harness.worker_role import WorkerGone
+from ..harness.errors import WorkerGone
 from .procfs import RemoteFdFiller, fd_flags
 from .program import Hello, Launch, WorkerLink, default_deadline, probe_isolated, still_holds
 from .wire import ProgramDefect, ProgramError
@@ -59,7 +62,7 @@ class RemoteSocket(socket.socket):
         if release is not None:
             release()
 
-    def fdpass_describe(self) -> dict[str, Any]:
+    def impl_view(self) -> dict[str, Any]:
         """pid, close-on-exec and O_NONBLOCK as the implementation's process has them."""
         flags = self.fdpass_flags
         if flags is None and still_holds(self.fdpass_pid, self.fdpass_fd, self.fileno()):
@@ -126,12 +129,15 @@ def _watch(link: WorkerLink, state: _State) -> None:
 
 
 class ExecFactory:
-    """A zero-argument factory of ExecProxy objects for one program (``exec:COMMAND``)."""
+    """A zero-argument factory of ExecProxy objects for one program (``exec:COMMAND``).
 
-    #: Lets the harness know that the implementation's processes are the program's.
-    fdpass_exec = True
+    Its backend (``backend_for(factory)``) is ``adapter.backend.ExecBackend``.
+    """
 
     def __init__(self, argv: Sequence[str], hello: Hello, deadline: float | None = None) -> None:
+        #: pid -> wait status of this factory's program masters that the harness's master
+        #: reaped before their Launch could (recorded by the exec backend, read by Launch.end).
+        self.reaps: dict[int, int] = {}
         self.argv = tuple(argv)
         self.hello = hello
         self.deadline = default_deadline() if deadline is None else deadline
@@ -258,17 +264,17 @@ class ExecProxy:
             if state.launch is not None:
                 state.launch.release_path()
 
-    # -- the harness's hooks ---------------------------------------------
+    # -- what the exec backend asks --------------------------------------
 
-    def fdpass_impl_pid(self) -> int:
+    def program_master_pid(self) -> int:
         """The pid of the program's master (started now if it is not running yet)."""
         return self._master().pid
 
-    def fdpass_spawn_worker(self, index: int) -> int:
+    def spawn_program_worker(self, index: int) -> int:
         """Have the program's master fork worker ``index``; returns its pid.
 
         The Python process forked next becomes that worker's driver; call
-        ``fdpass_worker_forked(index)`` after that fork.
+        ``program_worker_forked(index)`` after that fork.
         """
         launch = self._master()
         result = self._on_master("fork_worker", {"index": index})
@@ -285,14 +291,14 @@ class ExecProxy:
         self._state.spawned = index
         return pid
 
-    def fdpass_worker_forked(self, index: int) -> None:
+    def program_worker_forked(self, index: int) -> None:
         """The driver of worker ``index`` exists: drop our copy of its connection."""
         link = self._state.links.pop(index, None)
         if link is not None:
             link.chan.close()
         self._state.spawned = None
 
-    def fdpass_fd_filler(self) -> RemoteFdFiller:
+    def program_fd_filler(self) -> RemoteFdFiller:
         """A full fd table for the program process this process speaks to."""
 
         def pid() -> int:
@@ -315,7 +321,10 @@ class ExecProxy:
         if state.launch is None:
             try:
                 state.launch = Launch.start(
-                    self._factory.argv, self._factory.label, self._factory.deadline
+                    self._factory.argv,
+                    self._factory.label,
+                    self._factory.deadline,
+                    reaped=self._factory.reaps,
                 )
             except ProgramError as exc:
                 state.failed = str(exc)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..harness.server import HarnessError
+from ..harness.errors import HarnessError
 from ..outcomes import MissingMethod
 
 #: The newest protocol version this adapter speaks (docs/adapter.md), announced to the

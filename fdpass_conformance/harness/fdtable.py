@@ -8,6 +8,15 @@ the fault that really happens in production.
 from __future__ import annotations
 
 import os
+from typing import Protocol
+
+
+class FdTableFiller(Protocol):
+    """A full fd table for one process, held until released (see ``Backend.fd_filler``)."""
+
+    def fill(self, keep_free: int = 0) -> int: ...
+
+    def release(self) -> int: ...
 
 
 class FdFiller:

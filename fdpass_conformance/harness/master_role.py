@@ -30,15 +30,11 @@ from typing import Any
 from ..contract import check_impl, is_fd_passing
 from ..outcomes import MissingMethod, from_implementation
 from ..processes import CRASHED, fork_child, wait_pid
+from .backends import Backend, InProcessBackend
 from .events import EventWriter
-from .fdtable import FdFiller
+from .fdtable import FdTableFiller
 from .wire import WireClosed, recv_msg, send_msg
 from .worker_role import run_worker
-
-#: Wait statuses of the children this master reaped (``waitpid(-1)`` takes any child),
-#: for code in this process that needs to learn how its own child ended: the exec
-#: adapter's program master.
-REAPED: dict[int, int] = {}
 
 
 @dataclass
@@ -49,6 +45,7 @@ class MasterConfig:
     master_setup: Callable[[], object] | None = None
     worker_setup: Callable[[int], object] | None = None
     dispatch_timeout: float = 2.0
+    backend: Backend = field(default_factory=InProcessBackend)
 
 
 @dataclass
@@ -58,8 +55,8 @@ class Instance:
     listeners: list[socket.socket] = field(default_factory=list)
     workers: dict[int, int] = field(default_factory=dict)  # index -> pid
     auto: bool = False
-    # index -> pid of the implementation's own worker process, for an out-of-process
-    # implementation (the exec adapter); the entries of ``workers`` then drive them.
+    # index -> pid of the implementation's worker process: the harness's worker itself,
+    # or (the exec adapter) the program worker that the entry of ``workers`` drives.
     impl_workers: dict[int, int] = field(default_factory=dict)
 
 
@@ -95,13 +92,11 @@ def method_of(proxy: object, name: str) -> Callable[..., Any]:
     return call
 
 
-def describe_socket(sock: socket.socket) -> dict[str, Any]:
+def describe_socket(sock: socket.socket, backend: Backend) -> dict[str, Any]:
     """Kernel-level facts about a socket the implementation returned."""
     fd = sock.fileno()
     if fd < 0:
         return {"socket": True, "fd": fd, "closed": True}
-    # An out-of-process implementation's socket: pid and flags in its own process.
-    impl_view = getattr(sock, "fdpass_describe", None)
 
     def opt(level: int, name: int | None) -> int | None:
         if name is None:
@@ -123,13 +118,8 @@ def describe_socket(sock: socket.socket) -> dict[str, Any]:
         "reuseport": opt(socket.SOL_SOCKET, getattr(socket, "SO_REUSEPORT", None)),
         "cloexec": bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
         "nonblock": bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK),
-        **(impl_view() if callable(impl_view) else {}),
+        **backend.describe_socket(sock),  # an out-of-process implementation's own view
     }
-
-
-def _describe(value: object) -> object:
-    """Sockets can't cross the pipe; their description can."""
-    return describe_socket(value) if isinstance(value, socket.socket) else value
 
 
 #: Seconds an auto-dispatch of waiting (``pending``) connections may wait for a free
@@ -154,8 +144,8 @@ class Master:
         self.exited: dict[int, int] = {}  # pid -> wait status
         self.patches: list[Any] = []
         self.signals: dict[int, int] = {}
-        self.filler = FdFiller()
-        self.impl_filler: Any = None  # the fd filler of an out-of-process implementation
+        self.backend = cfg.backend
+        self.filler: FdTableFiller | None = None  # the fd table of the implementation's master
         self.events = EventWriter(cfg.events_fd, "master", -1)
 
     # -- requests: the implementation ------------------------------------
@@ -180,7 +170,11 @@ class Master:
             result = call(*args, **kwargs)
         if method == "create_socket" and isinstance(result, socket.socket):
             instance.listeners.append(result)
-        return _describe(result)
+        return self._describe(result)
+
+    def _describe(self, value: object) -> object:
+        """Sockets can't cross the pipe; their description can."""
+        return describe_socket(value, self.backend) if isinstance(value, socket.socket) else value
 
     def op_accept_closed_listener(self, inst: int = 0) -> object:
         """``accept`` on a listener this process has closed (SP-14)."""
@@ -189,7 +183,7 @@ class Master:
         listener.close()
         accept = method_of(instance.proxy, "accept")
         with implementation_code():
-            return _describe(accept(listener))
+            return self._describe(accept(listener))
 
     def op_dispatch_closed_listener(self, timeout: float, inst: int = 0) -> int:
         """``dispatch`` on a listener this process has closed (SP-14, fd-passing proxies).
@@ -207,24 +201,18 @@ class Master:
     def op_fork_workers(self, n: int, inst: int = 0) -> list[int]:
         instance = self.instances[inst]
         listener = instance.listeners[-1]
-        # An out-of-process implementation (the exec adapter) forks its own worker first;
-        # the Python worker forked next drives it, and the pids returned are its workers'.
-        spawn = getattr(instance.proxy, "fdpass_spawn_worker", None)
+        # The pids returned are the implementation's workers: the harness's own, or the
+        # program workers (exec adapter) that the harness's workers drive.
         for index in range(n):
-            if spawn is not None:
-                instance.impl_workers[index] = int(spawn(index))
-            body = functools.partial(self._worker_body, instance, index, listener)
-            instance.workers[index] = fork_child(body)
-            if spawn is not None:
-                instance.proxy.fdpass_worker_forked(index)
-        if spawn is not None:
-            return list(instance.impl_workers.values())
-        return list(instance.workers.values())
+            with self.backend.spawn_worker(instance.proxy, index) as impl_pid:
+                body = functools.partial(self._worker_body, instance, index, listener)
+                instance.workers[index] = fork_child(body)
+            instance.impl_workers[index] = impl_pid(instance.workers[index])
+        return list(instance.impl_workers.values())
 
     def op_impl_pid(self, inst: int = 0) -> int:
         """The pid of the implementation's master: this process, or an exec program's."""
-        impl_pid = getattr(self.instances[inst].proxy, "fdpass_impl_pid", None)
-        return int(impl_pid()) if callable(impl_pid) else os.getpid()
+        return self.backend.master_pid(self.instances[inst].proxy)
 
     def op_dispatch(self, timeout: float | None, inst: int = 0) -> int:
         instance = self.instances[inst]
@@ -237,36 +225,27 @@ class Master:
 
     # -- requests: faults ------------------------------------------------
 
-    def _impl_proxy(self) -> Any:
-        """The first out-of-process implementation (exec adapter) among the instances, or None."""
-        for instance in self.instances:
-            if callable(getattr(instance.proxy, "fdpass_impl_pid", None)):
-                return instance.proxy
-        return None
-
     def op_rlimit(self, soft: int) -> tuple[int, int]:
-        impl = self._impl_proxy()
-        if impl is not None:  # the limit of the implementation's master process
+        """Lower RLIMIT_NOFILE of the implementation's master (of the first instance)."""
+        pid = self.backend.master_pid(self.instances[0].proxy) if self.instances else os.getpid()
+        if pid != os.getpid():
             from ..faults.kernel import set_nofile_limit
 
-            return set_nofile_limit(int(impl.fdpass_impl_pid()), soft)
+            return set_nofile_limit(pid, soft)
         prev = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, prev[1]))
         return prev
 
     def op_fill(self, keep_free: int) -> int:
-        impl = self._impl_proxy()
-        if impl is not None:  # the fd table of the implementation's master process
-            if self.impl_filler is None:
-                self.impl_filler = impl.fdpass_fd_filler()
-            return int(self.impl_filler.fill(keep_free))
+        """Fill the fd table of the implementation's master (of the first instance)."""
+        if self.filler is None:
+            proxy = self.instances[0].proxy if self.instances else None
+            self.filler = self.backend.fd_filler(proxy)
         return self.filler.fill(keep_free)
 
     def op_unfill(self) -> int:
-        if self.impl_filler is not None:
-            filler, self.impl_filler = self.impl_filler, None
-            return int(filler.release())
-        return self.filler.release()
+        filler, self.filler = self.filler, None
+        return filler.release() if filler is not None else 0
 
     def op_patch(self, target: str, error: int, after: int, times: int | None) -> None:
         from ..faults.pylevel import PatchedErrno
@@ -343,40 +322,34 @@ class Master:
     ) -> dict[str, Any]:
         """``calls`` made in order by a child forked from this master (FP-15, FP-16).
 
-        For an out-of-process implementation (the exec adapter), ``spawn`` names
-        the program worker that the child drives: the program's master forks it
-        first, and the child's calls go to it. See ``childcalls.fork_calls``.
+        With ``spawn``, the child is spawned as worker ``spawn``: for an
+        out-of-process implementation (the exec adapter) the program's master
+        forks that worker first, and the child's calls go to it. See
+        ``childcalls.fork_calls``.
         """
         from .childcalls import fork_calls
 
         instance = self.instances[inst]
         listener = instance.listeners[-1] if instance.listeners else None
-        spawn_worker = getattr(instance.proxy, "fdpass_spawn_worker", None)
-        impl_pid: Callable[[], int] = os.getpid
-        if spawn is not None and callable(spawn_worker):
-            program_worker = int(spawn_worker(spawn))
-            impl_pid = lambda: program_worker  # noqa: E731
-        try:
+        with contextlib.ExitStack() as stack:
+            impl_of: Callable[[int], int] = lambda pid: pid  # noqa: E731
+            if spawn is not None:
+                impl_of = stack.enter_context(self.backend.spawn_worker(instance.proxy, spawn))
             return fork_calls(
                 instance.proxy,
                 listener,
                 calls,
-                impl_pid=impl_pid,
+                impl_pid=lambda: impl_of(os.getpid()),
                 in_child=self.ctl.close,
                 timeout=timeout,
             )
-        finally:
-            if spawn is not None and callable(spawn_worker):
-                instance.proxy.fdpass_worker_forked(spawn)
 
     def op_exited(self) -> dict[int, int]:
         self._reap()
         return dict(self.exited)
 
     def op_shutdown(self, close_proxy: bool, grace: float) -> dict[int, int]:
-        self.filler.release()
-        if self.impl_filler is not None:
-            self.op_unfill()
+        self.op_unfill()
         for instance in self.instances:
             instance.auto = False
             if close_proxy:
@@ -395,7 +368,13 @@ class Master:
         events = EventWriter(self.cfg.events_fd, "worker", index)
         try:
             return run_worker(
-                instance.proxy, index, listener, instance.fd_passing, events, self.cfg.worker_setup
+                instance.proxy,
+                index,
+                listener,
+                instance.fd_passing,
+                events,
+                self.cfg.worker_setup,
+                self.backend,
             )
         except BaseException as exc:
             events.emit(
@@ -412,7 +391,7 @@ class Master:
             if pid == 0:
                 return
             self.exited[pid] = status
-            REAPED[pid] = status
+            self.backend.child_reaped(pid, status)
 
     def _live_workers(self) -> list[int]:
         self._reap()

@@ -28,15 +28,13 @@ from ..leaks.ipcs import IpcObject, list_ipc_objects, parse_ipcs, remove_ipc_obj
 from ..outcomes import not_applicable
 from ..processes import fork_child, kill_tree
 from . import namespace
+from .backends import backend_for
+from .errors import HarnessError as HarnessError  # its home for the suites' imports
 from .events import EventReader
 from .isolation import global_ipc_lock
 from .master_role import MasterConfig, run_master
 from .wire import WireClosed, WireTimeout, recv_msg, send_msg
 from .worker_role import HOLD
-
-
-class HarnessError(AssertionError):
-    """The server under test misbehaved in a way the harness can name (hang, crash)."""
 
 
 class RemoteError(Exception):
@@ -140,9 +138,11 @@ class ProxyServer:
             else "global-ipcs+lock"
         )
         self._master_pid: int | None = None
+        #: How the harness reaches the implementation's processes, chosen once.
+        self.backend = backend_for(factory)
         #: The implementation is a program behind the exec adapter: its own processes,
         #: not the harness's, are the master and the workers that the evidence is read from.
-        self.exec_impl = bool(getattr(factory, "fdpass_exec", False))
+        self.exec_impl = self.backend.out_of_process
         self.instances: list[InstanceInfo] = []
         self.events: EventReader
         self._ctl: socket.socket | None = None
@@ -171,6 +171,7 @@ class ProxyServer:
             enter_namespace=self.isolation == "ipc-namespace",
             master_setup=self.opts.master_setup,
             worker_setup=self.opts.worker_setup,
+            backend=self.backend,
         )
 
         def body() -> int:

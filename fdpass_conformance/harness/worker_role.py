@@ -16,8 +16,9 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from .backends import Backend
+from .errors import WorkerGone
 from .events import EventWriter
-from .fdtable import FdFiller
 
 #: A request that keeps the connection open until the client closes it.
 HOLD = b"hold"
@@ -31,16 +32,8 @@ MAX_ACCEPT_ERRORS = 200
 HANDLER_TIMEOUT = 10.0
 
 
-class WorkerGone(Exception):
-    """Raised by ``accept`` of an out-of-process implementation (the exec adapter) when
-    the process that implements this worker is gone (killed): the worker ends quietly."""
-
-
-def describe_conn(conn: socket.socket) -> dict[str, Any]:
+def describe_conn(conn: socket.socket, backend: Backend) -> dict[str, Any]:
     fd = conn.fileno()
-    # An out-of-process implementation's socket (the exec adapter) says which of its
-    # processes received it and what the fd's flags are there.
-    impl_view = getattr(conn, "fdpass_describe", None)
     return {
         "pid": os.getpid(),
         "peer": list(conn.getpeername()),
@@ -48,7 +41,9 @@ def describe_conn(conn: socket.socket) -> dict[str, Any]:
         "cloexec": bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
         "nonblock": bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK),
         "fd": fd,
-        **(impl_view() if callable(impl_view) else {}),
+        # An out-of-process implementation (the exec adapter) says which of its
+        # processes received the connection and what the fd's flags are there.
+        **backend.describe_socket(conn),
     }
 
 
@@ -57,14 +52,14 @@ def _recv_request(conn: socket.socket) -> bytes:
     return conn.recv(4096) if ready else b""
 
 
-def serve(conn: socket.socket, index: int, events: EventWriter) -> bytes:
+def serve(conn: socket.socket, index: int, events: EventWriter, backend: Backend) -> bytes:
     """Answer one request with a JSON line, then close (or hold until the client does).
 
     Returns the request, so the loop can act on EXIT and FILL after closing.
     """
     request = b""
     try:
-        info = describe_conn(conn)
+        info = describe_conn(conn, backend)
         info["index"] = index
         request = _recv_request(conn)
         info["data"] = request.decode(errors="replace")
@@ -87,15 +82,14 @@ def run_worker(
     fd_passing: bool,
     events: EventWriter,
     setup: Callable[[int], object] | None,
+    backend: Backend,
 ) -> int:
     if fd_passing:
         proxy.enter_worker(index)
     if setup is not None:
         setup(index)
     events.emit("ready")
-    # An out-of-process implementation fills the fd table of its own worker process.
-    make_filler = getattr(proxy, "fdpass_fd_filler", None)
-    filler = make_filler() if callable(make_filler) else FdFiller()
+    filler = backend.fd_filler(proxy)  # the table of the process that implements this worker
     errors = 0
     while True:
         # Says "this worker is about to wait for its next connection": FP-12 needs to
@@ -125,7 +119,7 @@ def run_worker(
                 return 3
             continue
         errors = 0
-        request = serve(conn, index, events)
+        request = serve(conn, index, events, backend)
         if request.startswith(EXIT):
             proxy.close()
             events.emit("exit")

@@ -25,6 +25,7 @@ from fdpass_conformance.adapter import (
 )
 from fdpass_conformance.adapter.program import Launch
 from fdpass_conformance.adapter.wire import encode
+from fdpass_conformance.harness.backends import backend_for
 
 from .test_examples import C_DIR, CC, PHP, build, needs_cc, needs_php
 from .test_proxy import gone
@@ -87,7 +88,7 @@ def test_a_bug_in_the_program_is_its_defect_and_the_program_goes_on(
     edge: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     proxy = factory(edge, monkeypatch)()
-    pid = proxy.fdpass_impl_pid()
+    pid = proxy.program_master_pid()
     with pytest.raises(ProgramDefect) as info:
         proxy.create_socket(2)
     text = str(info.value)
@@ -175,7 +176,7 @@ def test_a_program_that_dies_between_calls_is_one_line_at_the_next(
     edge: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     proxy = factory(edge, monkeypatch, mode="die-between-calls")()
-    pid = proxy.fdpass_impl_pid()
+    pid = proxy.program_master_pid()
     assert proxy.is_supported() is True  # and SIGALRM kills it a second later
     assert gone(pid, 5.0)
     started = time.monotonic()
@@ -192,21 +193,21 @@ def test_a_bug_in_a_workers_close_reaches_its_driver(
 ) -> None:
     """close() in the harness's worker (the driver, a forked process) raises the program
     worker's defect instead of swallowing it as "the worker is gone"."""
-    proxy = factory(edge, monkeypatch, mode="close-bug")()
+    made = factory(edge, monkeypatch, mode="close-bug")
+    proxy = made()
     proxy.create_socket(0)
-    proxy.fdpass_spawn_worker(0)
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the driver
-        code = 3
-        try:
-            assert proxy.is_supported() is True  # the driver takes worker 0's connection
-            proxy.close()
-            code = 1
-        except ProgramDefect as exc:
-            code = 0 if "during 'close'" in str(exc) else 2
-        finally:
-            os._exit(code)
-    proxy.fdpass_worker_forked(0)
+    with backend_for(made).spawn_worker(proxy, 0):  # the harness's own way to fork a driver
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the driver
+            code = 3
+            try:
+                assert proxy.is_supported() is True  # the driver takes worker 0's connection
+                proxy.close()
+                code = 1
+            except ProgramDefect as exc:
+                code = 0 if "during 'close'" in str(exc) else 2
+            finally:
+                os._exit(code)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the driver's close() hid the defect"
     proxy.close()

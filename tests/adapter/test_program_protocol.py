@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from fdpass_conformance.adapter import program
 from fdpass_conformance.adapter.program import (
     DEFAULT_DEADLINE,
     ENV_DEADLINE,
@@ -263,15 +262,15 @@ def test_a_program_that_exits_before_its_hello() -> None:
     assert str(info.value).endswith("ended before its hello (exit status 5)")
 
 
-def test_the_status_of_a_master_reaped_by_the_harness_is_used(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """MOCK: the harness's master reaps any child (waitpid(-1)) and records it in
-    ``master_role.REAPED``; that module is stood in for by a namespace with the record."""
+def test_the_status_of_a_master_reaped_by_the_harness_is_used() -> None:
+    """MOCK: the harness's master reaps any child (waitpid(-1)) and the exec backend
+    records it in the factory's record, which the Launch reads; here a plain dict."""
     import types
 
     launch = Launch.__new__(Launch)
     launch.status = None
+    record: dict[int, int] = {}
+    launch.reaped = record
     launch.log = open(os.devnull, "rb")  # noqa: SIM115
     child = os.fork()
     if child == 0:  # pragma: no cover - child
@@ -280,12 +279,10 @@ def test_the_status_of_a_master_reaped_by_the_harness_is_used(
     launch.proc = types.SimpleNamespace(pid=child, returncode=None)  # type: ignore[assignment]
     try:
         assert launch.end() == "it exited; status unknown"
-        fake = types.SimpleNamespace(REAPED={child: status})
-        monkeypatch.setitem(sys.modules, "fdpass_conformance.harness.master_role", fake)
+        record[child] = status
         assert launch.end() == "exit status 6"
         assert launch.proc.returncode == 6
         launch.log.close()
         assert launch.stderr_tail() == ""  # a closed log has no tail, and no error
     finally:
         launch.log.close()
-    assert program._reaped_by_harness(child) == status

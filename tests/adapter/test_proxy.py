@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import signal
 import socket
 import sys
 import time
@@ -15,6 +16,7 @@ import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from fdpass_conformance.adapter import (
+    ExecBackend,
     ExecFactory,
     ExecProxy,
     ProgramDefect,
@@ -22,6 +24,8 @@ from fdpass_conformance.adapter import (
     UnsupportedMethod,
     exec_impl,
 )
+from fdpass_conformance.harness.backends import InProcessBackend, backend_for
+from fdpass_conformance.harness.server import ProxyServer
 from fdpass_conformance.leaks.ports import port_is_free
 from fdpass_conformance.loading import ImplError, load_impl
 
@@ -71,9 +75,9 @@ def test_calls_reach_the_program(monkeypatch: pytest.MonkeyPatch) -> None:
     proxy = factory()
     assert type(proxy) is ExecProxy, "a shared-listener program gets no dispatch"
     assert proxy.is_supported() is True
-    pid = proxy.fdpass_impl_pid()
+    pid = proxy.program_master_pid()
     listener = proxy.create_socket(0)
-    seen = listener.fdpass_describe()
+    seen = backend_for(factory).describe_socket(listener)
     assert seen == {"pid": pid, "cloexec": True, "nonblock": False}, seen
     port = listener.getsockname()[1]
     with socket.create_connection(("127.0.0.1", port), timeout=5):
@@ -82,6 +86,36 @@ def test_calls_reach_the_program(monkeypatch: pytest.MonkeyPatch) -> None:
     proxy.close()
     assert listener.fileno() == -1, "close() left our copy of the listener open"
     assert port_is_free(port), "the program kept the listener after close()"
+
+
+def test_the_backend_is_chosen_by_the_factory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exec factory's servers reach the program through the exec backend; any other
+    factory (a class, a function) runs in the harness's processes."""
+    from fdpass_conformance.reference import MasterProxy
+
+    factory = fake(monkeypatch, "ok")
+    assert isinstance(backend_for(factory), ExecBackend)
+    assert ProxyServer(factory).exec_impl
+    for other in (MasterProxy, lambda: MasterProxy()):
+        assert isinstance(backend_for(other), InProcessBackend)
+        assert not ProxyServer(other).exec_impl
+
+
+def test_a_master_reaped_by_the_harness_reports_how_it_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The harness's master reaps any child (waitpid(-1)), the program's master included;
+    what it tells the backend is what the proxy's error line then reports."""
+    factory = fake(monkeypatch, "ok")
+    proxy = factory()
+    pid = proxy.program_master_pid()
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)  # as Master._reap does, before the proxy looks
+    backend_for(factory).child_reaped(pid, status)
+    with pytest.raises(ProgramError) as info:
+        proxy.is_supported()
+    assert "killed by SIGKILL" in str(info.value), str(info.value)
+    proxy.close()
 
 
 @pytest.mark.parametrize("k", range(9))
@@ -111,7 +145,7 @@ def test_error_replies_are_reraised_as_named(monkeypatch: pytest.MonkeyPatch, k:
 @pytest.mark.parametrize("k", [9, 10], ids=["unknown-kind", "string-errno"])
 def test_malformed_error_replies_fail_the_program(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
     proxy = fake(monkeypatch, "errors")()
-    pid = proxy.fdpass_impl_pid()
+    pid = proxy.program_master_pid()
     with pytest.raises(ProgramError) as info:
         proxy.create_socket(k)
     text = one_line(info.value)
@@ -121,7 +155,7 @@ def test_malformed_error_replies_fail_the_program(monkeypatch: pytest.MonkeyPatc
 
 def test_garbage_is_one_line_and_the_program_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
     proxy = fake(monkeypatch, "garbage")()
-    pid = proxy.fdpass_impl_pid()
+    pid = proxy.program_master_pid()
     with pytest.raises(ProgramError) as info:
         proxy.create_socket(0)
     text = one_line(info.value)
@@ -134,7 +168,7 @@ def test_garbage_is_one_line_and_the_program_is_killed(monkeypatch: pytest.Monke
 
 def test_a_hang_ends_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     proxy = fake(monkeypatch, "hang", deadline=0.5)()
-    pid = proxy.fdpass_impl_pid()
+    pid = proxy.program_master_pid()
     started = time.monotonic()
     with pytest.raises(ProgramError) as info:
         proxy.create_socket(0)
@@ -168,7 +202,7 @@ def test_returned_sockets_are_checked(
     monkeypatch: pytest.MonkeyPatch, mode: str, problem: str
 ) -> None:
     proxy = fake(monkeypatch, mode)()
-    proxy.fdpass_impl_pid()  # started: our end of its connection is open from here on
+    proxy.program_master_pid()  # started: our end of its connection is open from here on
     fds = len(os.listdir("/proc/self/fd"))
     with pytest.raises(ProgramError) as info:
         proxy.create_socket(0)
@@ -218,7 +252,7 @@ def test_arguments_json_cannot_carry_are_a_type_error(monkeypatch: pytest.Monkey
 
 def test_dropping_a_proxy_stops_its_program(monkeypatch: pytest.MonkeyPatch) -> None:
     proxy = fake(monkeypatch, "ok")()
-    pid = proxy.fdpass_impl_pid()
+    pid = proxy.program_master_pid()
     del proxy
     gc.collect()
     assert gone(pid), "the program outlived its proxy"
@@ -263,7 +297,7 @@ def test_an_internal_error_is_the_programs_defect_with_its_message(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     proxy = fake(monkeypatch, "errors")()
-    pid = proxy.fdpass_impl_pid()
+    pid = proxy.program_master_pid()
     with pytest.raises(ProgramDefect) as info:
         proxy.create_socket(11)
     text = one_line(info.value)
@@ -278,7 +312,7 @@ def test_an_internal_error_is_the_programs_defect_with_its_message(
 
 def test_an_unsupported_method_is_a_not_implemented_error(monkeypatch: pytest.MonkeyPatch) -> None:
     proxy = fake(monkeypatch, "errors")()
-    pid = proxy.fdpass_impl_pid()
+    pid = proxy.program_master_pid()
     with pytest.raises(UnsupportedMethod) as info:
         proxy.create_socket(12)
     assert isinstance(info.value, NotImplementedError)
