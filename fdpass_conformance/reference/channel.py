@@ -106,6 +106,11 @@ def one_fd(msg: bytes, fds: list[int], truncated: bool) -> int:
     raise OSError(errno.EBADMSG, f"accept: expected 1 fd from the master, got {len(fds)}")
 
 
+def has_message(chan: socket.socket) -> bool:
+    """Whether a receive would not block: a message is queued, or the master closed."""
+    return bool(poll_until({chan.fileno(): select.POLLIN}, time.monotonic()))
+
+
 def send_wake(chan: socket.socket) -> None:
     """The worker's "idle again" after a wake request; never blocks, never SIGPIPE."""
     chan.send(WAKE, _NOSIGNAL | socket.MSG_DONTWAIT)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import socket
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"IPC-08"})
 NOTICE_MTYPE = 2
 
 
-class BlockingNoticeProxy(PinnedMasterProxy):
+class BlockingNoticeProxy(MasterProxy):
     def dispatch(self, listener: socket.socket, timeout: float | None = None) -> int:
         index = super().dispatch(listener, timeout)
         if self._queue is not None and self._queue_alive:

@@ -11,12 +11,12 @@ after that ``close()`` can still ``enter_worker(0)`` on the channels it kept.
 
 from __future__ import annotations
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"SP-12", "FP-11", "FP-15", "FLT-05"})
 
 
-class ChannelsKeptProxy(PinnedMasterProxy):
+class ChannelsKeptProxy(MasterProxy):
     def close(self) -> None:
         for sock in (*self._listeners, self._chan):
             if sock is not None:

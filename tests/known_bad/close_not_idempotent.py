@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 
 from fdpass_conformance import sysv
-
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"SP-12", "IPC-07"})
 
 
-class CloseTwiceFailsProxy(PinnedMasterProxy):
+class CloseTwiceFailsProxy(MasterProxy):
     def close(self) -> None:
         queue = self._queue
         if queue is not None and os.getpid() == queue.owner_pid:

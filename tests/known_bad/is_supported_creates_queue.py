@@ -9,14 +9,13 @@ Seed: pull request, ``isSupported()`` should mean "works here" (SP-02).
 from __future__ import annotations
 
 from fdpass_conformance.sysv import MessageQueue
-
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"SP-02", "IPC-01"})
 SEED = "pull request: isSupported() (SP-02)"
 
 
-class QueueProbeProxy(PinnedMasterProxy):
+class QueueProbeProxy(MasterProxy):
     def is_supported(self) -> bool:
         if not super().is_supported():
             return False

@@ -12,15 +12,14 @@ import socket
 
 from fdpass_conformance.contract import ProtocolType
 from fdpass_conformance.sysv import MessageQueue
+from reference import MasterProxy
 from reference.listener import open_listener, validate_port, validate_protocol
-
-from ._master import PinnedMasterProxy
 
 BREAKS = frozenset({"SP-08", "IPC-03"})
 SEED = "round 1 follow-up (queue orphaned), round 3 follow-up (partial failure leak)"
 
 
-class OrphanedQueueProxy(PinnedMasterProxy):
+class OrphanedQueueProxy(MasterProxy):
     def create_socket(
         self, port: int, protocol: ProtocolType | str = ProtocolType.TCP
     ) -> socket.socket:
