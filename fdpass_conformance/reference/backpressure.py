@@ -58,6 +58,9 @@ if TYPE_CHECKING:
 DRAIN_LIMIT = 1 << 20
 _POLL_IN = select.POLLIN | select.POLLHUP | select.POLLERR
 
+#: ``on_overflow(conn)``: write a reply to a rejected connection (the master closes it).
+OverflowHandler = Callable[[socket.socket], object]
+
 
 class Backpressure:
     """The bounded dispatch of one MasterProxy (see the module docstring)."""
@@ -66,7 +69,7 @@ class Backpressure:
     def configure(
         cls,
         max_pending: int | None,
-        on_overflow: Callable[[socket.socket], object] | None,
+        on_overflow: OverflowHandler | None,
         max_inflight: int,
     ) -> Backpressure | None:
         """Validate the settings before anything exists; None for the unbounded default."""
@@ -93,7 +96,7 @@ class Backpressure:
     def __init__(
         self,
         max_pending: int,
-        on_overflow: Callable[[socket.socket], object] | None,
+        on_overflow: OverflowHandler | None,
         max_inflight: int,
     ) -> None:
         self.max_pending = max_pending
@@ -179,10 +182,9 @@ class Backpressure:
 
     def _wake_watch(self, master: MasterProxy) -> dict[int, int]:
         """The channels of live workers the master waits a wake byte from."""
-        return master._watch(
-            {i for i, owed in enumerate(self.wake_pending) if owed and i not in master._dead},
-            _POLL_IN,
-        )
+        owed = enumerate(zip(self.wake_pending, master._master_ends, strict=True))
+        chans = [chan for i, (wake, chan) in owed if wake and i not in master._dead]
+        return channel.watch(chans, _POLL_IN)
 
     def _wait(self, master: MasterProxy, lfd: int, busy: set[int], deadline: float | None) -> bool:
         """Wait for a connection, a wake, or a full channel draining; True: the listener is ready.
@@ -194,7 +196,8 @@ class Backpressure:
         if self.waiting:
             live_busy = busy - master._dead
             watch.update(self._wake_watch(master))
-            for fd, mask in master._watch(live_busy, select.POLLOUT).items():
+            full = [master._master_ends[i] for i in live_busy]
+            for fd, mask in channel.watch(full, select.POLLOUT).items():
                 watch[fd] = watch.get(fd, 0) | mask
         events = channel.poll_until(watch, deadline)
         if not events:

@@ -5,9 +5,6 @@ Chosen once at import: SOCK_SEQPACKET where the platform has it for AF_UNIX
 fd, so on a stream the fd still arrives with exactly the byte it was sent with
 and no further framing is needed. The other direction carries only single
 wake bytes (see ``WAKE``), so it needs no framing either.
-
-The idle tokens that travel on the System V queue are described here too
-(``TOKEN``): they are the other half of how master and worker talk.
 """
 
 from __future__ import annotations
@@ -53,9 +50,6 @@ WAKE = b"W"
 PEER_GONE = frozenset({errno.EPIPE, errno.ECONNREFUSED, errno.ECONNRESET})
 #: A message arrived but its fd did not reach the worker (see ``one_fd``).
 FD_DROPPED = frozenset({errno.EMFILE, errno.EBADMSG})
-
-#: An idle token's body: (worker index, fds that worker had received when it went idle).
-TOKEN = struct.Struct("=iq")
 
 _POLL_MAX_MS = 2**31 - 1
 
@@ -107,13 +101,20 @@ def one_fd(msg: bytes, fds: list[int], truncated: bool) -> int:
 
 
 def has_message(chan: socket.socket) -> bool:
-    """Whether a receive would not block: a message is queued, or the master closed."""
-    return bool(poll_until({chan.fileno(): select.POLLIN}, time.monotonic()))
+    """Whether a receive would not block: a message is queued, the master closed, or
+    ``chan`` itself is closed (then the receive raises EBADF, an OSError like any other)."""
+    fd = chan.fileno()
+    return fd < 0 or bool(poll_until({fd: select.POLLIN}, time.monotonic()))
 
 
 def send_wake(chan: socket.socket) -> None:
     """The worker's "idle again" after a wake request; never blocks, never SIGPIPE."""
     chan.send(WAKE, _NOSIGNAL | socket.MSG_DONTWAIT)
+
+
+def watch(chans: list[socket.socket | None], events: int) -> dict[int, int]:
+    """``poll_until``'s argument for these channels (the closed ones left out)."""
+    return {chan.fileno(): events for chan in chans if chan is not None}
 
 
 def poll_until(watch: dict[int, int], deadline: float | None) -> list[tuple[int, int]]:

@@ -22,22 +22,13 @@ import os
 import select
 import socket
 import time
-from collections.abc import Callable
 
 from fdpass_conformance.contract import ProtocolType
-from fdpass_conformance.sysv import MessageQueue
 
 from . import channel
-from .backpressure import Backpressure
-from .listener import open_listener, validate_port, validate_protocol
-
-#: The idle-token message type: one FIFO of ``channel.TOKEN`` bodies.
-TOKEN_MTYPE = 1
-#: The queue vanished under us (removed from outside): serve without tokens.
-_QUEUE_GONE = frozenset({errno.EIDRM, errno.EINVAL})
-
-#: ``on_overflow(conn)``: write a reply to a rejected connection (the master closes it).
-OverflowHandler = Callable[[socket.socket], object]
+from .backpressure import Backpressure, OverflowHandler
+from .listener import open_listener, validate_port, validate_protocol, validate_workers
+from .tokens import TokenQueue
 
 
 class NoLiveWorkerError(BrokenPipeError):
@@ -48,18 +39,16 @@ class MasterProxy:
     """A master that passes each accepted connection to an idle worker.
 
     The SysV queue carries idle tokens: a worker about to block in ``accept``
-    posts (its index, the number of fds it has received); ``dispatch`` takes
-    a token to choose an idle worker (Swoole's preemptive mode) and falls
-    back to round-robin when none is idle. The count makes a stale token
-    detectable: if the master has sent that worker more fds than the token
-    says it had received, the worker got a round-robin connection after
-    posting it and is busy, so the token is dropped.
+    with nothing queued posts (its index, the number of fds it has received);
+    ``dispatch`` takes a token to choose an idle worker (Swoole's preemptive
+    mode) and falls back to round-robin when none is idle. The count makes a
+    stale token detectable: if the master has sent that worker more fds than
+    the token says it had received, the worker got a round-robin connection
+    after posting it and is busy, so the token is dropped.
 
-    By default every connection is handed to a worker at once, into a busy
-    worker's channel if no worker is idle, and ``dispatch`` waits (within
-    its timeout) only if every channel is full. ``max_pending``,
-    ``on_overflow`` and ``max_inflight`` bound what the master hands out
-    instead; see ``backpressure.Backpressure``.
+    Every connection is handed to a worker at once (into a busy worker's
+    channel if none is idle); ``max_pending``, ``on_overflow`` and
+    ``max_inflight`` bound that instead (backpressure.py).
     """
 
     def __init__(
@@ -76,8 +65,7 @@ class MasterProxy:
         self.protocol: ProtocolType | None = None
         # Master side.
         self._listeners: list[socket.socket] = []
-        self._queue: MessageQueue | None = None
-        self._queue_alive = False
+        self._queue: TokenQueue | None = None
         self._master_ends: list[socket.socket | None] = []
         self._worker_ends: list[socket.socket | None] = []
         self._sealed = False
@@ -121,28 +109,26 @@ class MasterProxy:
             except OSError as exc:
                 listener.close()  # a failure leaves nothing behind (SP-08)
                 raise OSError(exc.errno, f"create_socket: {exc.strerror}") from exc
-            self._queue_alive = True
         self._listeners.append(listener)
         return listener
 
     def _open_listener(self, port: int) -> socket.socket:
         return open_listener(self.host, port)
 
-    def _create_queue(self) -> MessageQueue:
+    def _create_queue(self) -> TokenQueue:
         """A private queue (IPC_PRIVATE: no key to collide), readable by this user only."""
-        return MessageQueue(mode=0o600)
+        return TokenQueue(mode=0o600)
 
     def _remove_queue(self) -> None:
         """Remove the queue; a no-op outside the creating process (MessageQueue checks)."""
         if self._queue is not None:
             self._queue.remove()
             self._queue = None
-        self._queue_alive = False
 
     # -- open_channels: one socketpair per worker -------------------------------
 
     def open_channels(self, workers: int) -> None:
-        workers = self._check_worker_count(workers)
+        workers = self._validate_workers(workers)
         self._require_master("open_channels")
         if self._queue is None:
             raise OSError(errno.EINVAL, "open_channels: call create_socket() first")
@@ -162,24 +148,15 @@ class MasterProxy:
         if self._backpressure is not None:
             self._backpressure.open(workers)
 
-    @staticmethod
-    def _check_worker_count(workers: int) -> int:
-        if isinstance(workers, bool) or not isinstance(workers, int):
-            raise TypeError(f"workers must be an int, got {type(workers).__name__}")
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
-        return workers
+    _validate_workers = staticmethod(validate_workers)
 
     def _open_channel(self, index: int) -> tuple[socket.socket, socket.socket]:
         try:
-            return self._channel_pair()
+            return channel.channel_pair()
         except OSError as exc:
             raise OSError(
                 exc.errno, f"open_channels: socketpair for worker {index} failed: {exc.strerror}"
             ) from exc
-
-    def _channel_pair(self) -> tuple[socket.socket, socket.socket]:
-        return channel.channel_pair()
 
     def _abandon_channels(self, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
         """A failure midway: close every end made so far, and the queue goes too (IPC-03)."""
@@ -269,7 +246,8 @@ class MasterProxy:
                 continue  # that worker is dead or its channel full: choose again
             if not busy:
                 raise self._no_live_worker()
-            ready = channel.poll_until(self._watch(busy, select.POLLOUT), deadline)
+            full = [self._master_ends[i] for i in busy]
+            ready = channel.poll_until(channel.watch(full, select.POLLOUT), deadline)
             if not ready:
                 live = len(self._master_ends) - len(self._dead)
                 raise TimeoutError(
@@ -278,11 +256,6 @@ class MasterProxy:
                     "connection closed",
                 )
             busy.clear()
-
-    def _watch(self, workers: set[int], events: int) -> dict[int, int]:
-        """``channel.poll_until``'s argument: these workers' channels, for ``events``."""
-        chans = (self._master_ends[i] for i in workers)
-        return {chan.fileno(): events for chan in chans if chan is not None}
 
     def _no_live_worker(self) -> NoLiveWorkerError:
         return NoLiveWorkerError(
@@ -298,37 +271,25 @@ class MasterProxy:
 
     def _pick_token(self, busy: set[int]) -> int | None:
         """The first fresh token's worker; stale tokens are dropped, those of busy workers kept."""
-        deferred: list[bytes] = []  # tokens of workers whose channel is full right now
+        deferred: list[tuple[int, int]] = []  # tokens of workers whose channel is full now
         found: int | None = None
-        while found is None and (body := self._take_token()) is not None:
-            if len(body) != channel.TOKEN.size:
-                continue  # not a token of this version: dropped
-            index, received = channel.TOKEN.unpack(body)
+        while found is None and (token := self._take_token()) is not None:
+            index, received = token
             if not 0 <= index < len(self._master_ends) or index in self._dead:
                 continue  # a token of a dead worker: dropped
             self._acked[index] = max(self._acked[index], received)
             if received < self._sent[index]:
                 continue  # stale: sent more since the worker posted it, so it is busy
             if index in busy:
-                deferred.append(body)
+                deferred.append(token)
             else:
                 found = index
-        for body in deferred:
-            self._post_token(body)  # give the worker its place back
+        for index, received in deferred:
+            self._post_token(index, received)  # give the worker its place back
         return found
 
-    def _take_token(self) -> bytes | None:
-        """The oldest idle token, or None (none queued, or the queue is gone: IPC-07)."""
-        if self._queue is None or not self._queue_alive:
-            return None
-        try:
-            msg = self._queue.receive(TOKEN_MTYPE, block=False, max_body=channel.TOKEN.size)
-        except OSError as exc:
-            if exc.errno not in _QUEUE_GONE:
-                raise OSError(exc.errno, f"dispatch: msgrcv failed: {exc.strerror}") from exc
-            self._queue_alive = False
-            return None
-        return None if msg is None else msg[1]
+    def _take_token(self) -> tuple[int, int] | None:
+        return None if self._queue is None else self._queue.take()
 
     def _pick_round_robin(self, busy: set[int]) -> int | None:
         n = len(self._master_ends)
@@ -392,8 +353,9 @@ class MasterProxy:
 
         Only a worker with nothing queued announces: one that still has fds
         waiting would post a token the master must read and drop as stale.
-        That halved the master's CPU per connection in a burst (15.2-19.8 us
-        -> 7.9-10.3 us; docs/performance.md) and saves the busy worker's msgsnd.
+        Measured: the master's CPU per connection in a burst went from 17.1 to
+        12.6 us (medians of 3 runs, docs/performance.md), and a busy worker
+        saves its msgsnd.
 
         One announcement per idle period: a worker that already posted since
         its last connection (its accept raised, say) posts nothing more.
@@ -403,23 +365,14 @@ class MasterProxy:
             self._posted_at = self._received
             with contextlib.suppress(OSError):  # the master is gone: the receive sees EOF
                 channel.send_wake(chan)
-        elif self._posted_at != self._received and self._index is not None:
-            posted = self._post_token(channel.TOKEN.pack(self._index, self._received))
-            self._posted_at = self._received if posted else self._posted_at
+            return
+        if self._posted_at == self._received or self._index is None:
+            return  # this idle period is announced already
+        if self._post_token(self._index, self._received):
+            self._posted_at = self._received
 
-    def _post_token(self, body: bytes) -> bool:
-        """Post an idle token; a full or vanished queue only costs the preference (IPC-08)."""
-        if self._queue is None or not self._queue_alive:
-            return False
-        try:
-            self._queue.send(TOKEN_MTYPE, body, block=False)
-        except OSError as exc:
-            if exc.errno in _QUEUE_GONE:
-                self._queue_alive = False
-            elif exc.errno != errno.EAGAIN:
-                raise OSError(exc.errno, f"msgsnd of idle token failed: {exc.strerror}") from exc
-            return False
-        return True
+    def _post_token(self, index: int, received: int) -> bool:
+        return self._queue is not None and self._queue.post(index, received)
 
     def _recv_fd(self, chan: socket.socket) -> tuple[bytes, int]:
         return channel.recv_fd(chan)

@@ -19,7 +19,7 @@ NOTICE_MTYPE = 2
 class BlockingNoticeProxy(MasterProxy):
     def dispatch(self, listener: socket.socket, timeout: float | None = None) -> int:
         index = super().dispatch(listener, timeout)
-        if self._queue is not None and self._queue_alive:
+        if self._queue is not None and self._queue.alive:
             with contextlib.suppress(OSError):
                 # The defect: block=True, no IPC_NOWAIT.
                 self._queue.send(NOTICE_MTYPE, str(index).encode(), block=True)

@@ -23,8 +23,5 @@ class ChannelsKeptProxy(MasterProxy):
                 sock.close()
         self._listeners = []
         self._chan = None
-        if self._queue is not None:
-            self._queue.remove()
-            self._queue = None
-        self._queue_alive = False
+        self._remove_queue()
         # The defect: self._master_ends (and any unsealed worker ends) stay open.

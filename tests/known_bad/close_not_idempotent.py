@@ -27,4 +27,4 @@ class CloseTwiceFailsProxy(MasterProxy):
                 sock.close()
         self._listeners, self._master_ends, self._worker_ends = [], [], []
         self._chan = None
-        self._queue_alive = False  # and self._queue is kept, so the next close() tries again
+        # and self._queue is kept, so the next close() tries again

@@ -12,6 +12,7 @@ import ctypes
 import os
 
 from fdpass_conformance import sysv
+from fdpass_conformance.reference.tokens import TokenQueue
 from reference import MasterProxy
 
 BREAKS = frozenset({"IPC-04", "FP-13"})
@@ -25,7 +26,7 @@ def _oserror(step: str) -> OSError:
     return OSError(code, f"create_socket: {step} failed: {os.strerror(code)}")
 
 
-class FtokQueue(sysv.MessageQueue):
+class FtokQueue(TokenQueue):
     """A queue found by a key: whoever computes the same key gets the same queue."""
 
     def __init__(self, path: str, proj: str) -> None:
@@ -41,5 +42,5 @@ class FtokQueue(sysv.MessageQueue):
 
 
 class FtokKeyProxy(MasterProxy):
-    def _create_queue(self) -> sysv.MessageQueue:
+    def _create_queue(self) -> TokenQueue:
         return FtokQueue(__file__, "M")  # the defect

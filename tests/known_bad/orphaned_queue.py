@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 
 from fdpass_conformance.contract import ProtocolType
-from fdpass_conformance.sysv import MessageQueue
 from reference import MasterProxy
 from reference.listener import open_listener, validate_port, validate_protocol
 
@@ -27,8 +26,7 @@ class OrphanedQueueProxy(MasterProxy):
         self.protocol = validate_protocol(protocol)
         self._require_master("create_socket")
         if self._queue is None:
-            self._queue = MessageQueue(mode=0o600)  # queue first...
-            self._queue_alive = True
+            self._queue = self._create_queue()  # queue first...
         listener = open_listener(self.host, port)  # ...the defect: kept if this raises
         self._listeners.append(listener)
         return listener

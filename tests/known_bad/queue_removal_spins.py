@@ -15,11 +15,11 @@ BREAKS = frozenset({"IPC-07"})
 
 
 class QueueRetryProxy(MasterProxy):
-    def _take_token(self) -> bytes | None:
+    def _take_token(self) -> tuple[int, int] | None:
         while True:
             token = super()._take_token()
-            if self._queue_alive or self._queue is None:
+            if self._queue is None or self._queue.alive:
                 return token
             # The reference found the queue gone and fell back to round-robin.
-            self._queue_alive = True  # the defect: "it will be back"
+            self._queue.alive = True  # the defect: "it will be back"
             time.sleep(0.01)

@@ -14,5 +14,5 @@ BREAKS = frozenset({"FP-16"})
 
 class UncheckedCountProxy(MasterProxy):
     @staticmethod
-    def _check_worker_count(workers: int) -> int:
+    def _validate_workers(workers: int) -> int:
         return workers  # the defect: no isinstance(workers, int) check, no "at least 1" check

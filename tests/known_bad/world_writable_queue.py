@@ -7,7 +7,7 @@ dispatch. Breaks IPC-05.
 
 from __future__ import annotations
 
-from fdpass_conformance.sysv import MessageQueue
+from fdpass_conformance.reference.tokens import TokenQueue
 from reference import MasterProxy
 
 BREAKS = frozenset({"IPC-05"})
@@ -15,5 +15,5 @@ SEED = "pull request: msg_get_queue() default permissions 0666"
 
 
 class WorldWritableProxy(MasterProxy):
-    def _create_queue(self) -> MessageQueue:
-        return MessageQueue(mode=0o666)  # the defect
+    def _create_queue(self) -> TokenQueue:
+        return TokenQueue(mode=0o666)  # the defect
