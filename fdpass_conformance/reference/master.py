@@ -152,11 +152,14 @@ class MasterProxy:
 
     def _open_channel(self, index: int) -> tuple[socket.socket, socket.socket]:
         try:
-            return channel.channel_pair()
+            return self._channel_pair()
         except OSError as exc:
             raise OSError(
                 exc.errno, f"open_channels: socketpair for worker {index} failed: {exc.strerror}"
             ) from exc
+
+    def _channel_pair(self) -> tuple[socket.socket, socket.socket]:
+        return channel.channel_pair()
 
     def _abandon_channels(self, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
         """A failure midway: close every end made so far, and the queue goes too (IPC-03)."""

@@ -19,6 +19,9 @@ from fdpass_conformance.sysv import MessageQueue
 TOKEN = struct.Struct("=iq")
 #: The message type of every token: one FIFO.
 TOKEN_MTYPE = 1
+#: Receive room: one byte more than a token, so that a longer message is seen as foreign
+#: instead of being cut (MSG_NOERROR) to a token's size and misread as one.
+_ROOM = TOKEN.size + 1
 #: The queue vanished under us (removed from outside): serve without tokens.
 _QUEUE_GONE = frozenset({errno.EIDRM, errno.EINVAL})
 
@@ -32,7 +35,7 @@ class TokenQueue(MessageQueue):
         """The oldest token as (index, received); None if there is none, or no queue."""
         while self.alive:
             try:
-                msg = self.receive(TOKEN_MTYPE, block=False, max_body=TOKEN.size)
+                msg = self.receive(TOKEN_MTYPE, block=False, max_body=_ROOM)
             except OSError as exc:
                 if exc.errno not in _QUEUE_GONE:
                     raise OSError(exc.errno, f"dispatch: msgrcv failed: {exc.strerror}") from exc

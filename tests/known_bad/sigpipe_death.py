@@ -25,7 +25,7 @@ BREAKS = frozenset({"FP-08", "FP-09", "FLT-05"})
 
 
 class SigpipeProxy(MasterProxy):
-    def _open_channel(self, index: int) -> tuple[socket.socket, socket.socket]:
+    def _channel_pair(self) -> tuple[socket.socket, socket.socket]:
         return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
     def _send_fd(self, chan: socket.socket, fd: int, tag: bytes) -> None:
