@@ -76,20 +76,31 @@ def msgsnd(qid: int, mtype: int, body: bytes, *, block: bool = True) -> None:
             raise err
 
 
-def msgrcv(qid: int, mtype: int = 0, *, block: bool = True) -> tuple[int, bytes] | None:
-    """Receive one message as (mtype, body); with ``block=False`` return None when empty."""
-    buf = ctypes.create_string_buffer(_LONG.size + MAX_BODY)
+def msgrcv(
+    qid: int, mtype: int = 0, *, block: bool = True, max_body: int = MAX_BODY
+) -> tuple[int, bytes] | None:
+    """Receive one message as (mtype, body); with ``block=False`` return None when empty.
+
+    ``max_body`` bounds the buffer (a longer body is cut, MSG_NOERROR): a
+    caller that polls for tiny messages once per connection, like the
+    reference master's idle tokens, need not allocate 2 KiB each time.
+    An empty queue is checked before any OSError is built, since for such a
+    poller it is the common answer.
+    """
+    if not 0 <= max_body <= MAX_BODY:
+        raise ValueError(f"max_body must be in 0..{MAX_BODY}, got {max_body}")
+    buf = ctypes.create_string_buffer(_LONG.size + max_body)
     flags = (0 if block else IPC_NOWAIT) | MSG_NOERROR
     while True:
-        n = int(_msgrcv(qid, buf, MAX_BODY, mtype, flags))
+        n = int(_msgrcv(qid, buf, max_body, mtype, flags))
         if n >= 0:
             raw = buf.raw
             return _LONG.unpack_from(raw)[0], raw[_LONG.size : _LONG.size + n]
-        err = _fail("msgrcv")
-        if err.errno == errno.ENOMSG or (err.errno == errno.EAGAIN and not block):
+        code = ctypes.get_errno()
+        if code == errno.ENOMSG or (code == errno.EAGAIN and not block):
             return None
-        if err.errno != errno.EINTR:
-            raise err
+        if code != errno.EINTR:
+            raise OSError(code, f"msgrcv failed: {os.strerror(code)}")
 
 
 def msgrm(qid: int) -> None:
@@ -114,8 +125,10 @@ class MessageQueue:
     def send(self, mtype: int, body: bytes, *, block: bool = True) -> None:
         msgsnd(self.id, mtype, body, block=block)
 
-    def receive(self, mtype: int = 0, *, block: bool = True) -> tuple[int, bytes] | None:
-        return msgrcv(self.id, mtype, block=block)
+    def receive(
+        self, mtype: int = 0, *, block: bool = True, max_body: int = MAX_BODY
+    ) -> tuple[int, bytes] | None:
+        return msgrcv(self.id, mtype, block=block, max_body=max_body)
 
     def remove(self) -> None:
         """Remove the queue if this process created it; idempotent.

@@ -11,11 +11,13 @@ import sys
 
 from fdpass_conformance import reference as _real
 from fdpass_conformance.reference import *  # noqa: F403  (for type checkers)
+from fdpass_conformance.reference import backpressure as backpressure
 from fdpass_conformance.reference import channel as channel
 from fdpass_conformance.reference import listener as listener
 from fdpass_conformance.reference import master as master
 from fdpass_conformance.reference import shared_listener as shared_listener
+from fdpass_conformance.reference import tokens as tokens
 
-for _module in (channel, listener, master, shared_listener):
+for _module in (backpressure, channel, listener, master, shared_listener, tokens):
     sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module
 sys.modules[__name__] = _real

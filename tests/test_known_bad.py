@@ -71,9 +71,6 @@ REFERENCES: dict[str, frozenset[str]] = {
     "reference:MasterProxy": IN_PROCESS | {"SP-15"},
     "reference:ForkSharedProxy": IN_PROCESS | FP | IPC | FLT_FD_PASSING | {"SP-15", "FLT-04"},
     "reference:ReusePortProxy": IN_PROCESS | FP | IPC | FLT_FD_PASSING | {"FLT-04"},
-    # The corpus's base for hooked defects must itself be correct, or the
-    # failures of the proxies built on it would prove nothing.
-    "known_bad._master:PinnedMasterProxy": IN_PROCESS | {"SP-15"},
     # Correct designs written unlike the reference, which the suites must not fail.
     "known_bad._exact_buffer:ExactBufferMasterProxy": IN_PROCESS | {"SP-15"},
     # A shared listener with a queue: the IPC class applies, IPC-08 (dispatch only) does not.

@@ -22,6 +22,14 @@ def validate_port(port: object) -> int:
     return port
 
 
+def validate_workers(workers: int) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"workers must be an int, got {type(workers).__name__}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    return workers
+
+
 def validate_protocol(protocol: object) -> ProtocolType:
     try:
         return ProtocolType(protocol)

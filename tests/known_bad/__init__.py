@@ -3,7 +3,10 @@
 Every public module here (a name without a leading underscore) holds one
 broken proxy, derived from a reference proxy (``reference/``) by subclassing
 or wrapping it, and describes itself with module-level metadata that
-``tests/test_known_bad.py`` reads:
+``tests/test_known_bad.py`` reads. A MasterProxy defect overrides the one
+step of the real reference it breaks (``_create_queue``, ``_send_fd``,
+``_recv_fd``...), so the corpus follows the reference as it changes, and a
+step that loses its method fails the corpus test instead of going unnoticed.
 
 ``BREAKS``
     ``frozenset`` of requirement IDs that the run must report as failed
@@ -34,3 +37,15 @@ The modules are imported by the corpus test only to read this metadata; the
 proxies are constructed by the inner pytest run, inside the harness, which
 runs each server in its own IPC namespace and removes whatever it leaves.
 """
+
+#: The requirements whose checks need a connection served end to end (``@needs("served")``
+#: and ``require_served`` in the suites): a defect that stops all service fails FP-02 and
+#: leaves these blocked by it, not failed (see ``BLOCKED`` above).
+SERVED_CHECKS = frozenset(
+    {
+        "SP-09", "SP-10", "SP-11", "SP-12", "SP-13", "SP-16", "SP-17", "SP-20",
+        "FP-04", "FP-05", "FP-06", "FP-07", "FP-08", "FP-10", "FP-12", "FP-13", "FP-14",
+        "IPC-07", "IPC-08", "IPC-10",
+        "FLT-01", "FLT-02", "FLT-03", "FLT-04", "FLT-05", "FLT-06",
+    }
+)  # fmt: skip

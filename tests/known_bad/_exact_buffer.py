@@ -18,10 +18,10 @@ import errno
 import os
 import socket
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 
-class ExactBufferMasterProxy(PinnedMasterProxy):
+class ExactBufferMasterProxy(MasterProxy):
     def _recv_fd(self, chan: socket.socket) -> tuple[bytes, int]:
         msg, fds, flags, _ = socket.recv_fds(chan, 1, 1)
         for fd in fds:

@@ -11,16 +11,16 @@ from __future__ import annotations
 import socket
 from typing import cast
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-15"})
 SEED = "round 3 #5: uninitialised $sendSocket, fatal error if accept() runs first"
 
 
-class EagerAcceptProxy(PinnedMasterProxy):
+class EagerAcceptProxy(MasterProxy):
     def accept(self, listener: socket.socket) -> socket.socket:
         chan = cast(socket.socket, self._chan)  # the defect: "set by enter_worker()"
-        self._announce_idle()
+        self._announce_idle(chan)
         _tag, fd = self._recv_fd(chan)
         self._received += 1
         return socket.socket(fileno=fd)

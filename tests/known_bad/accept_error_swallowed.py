@@ -11,12 +11,12 @@ import errno
 import socket
 import time
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FLT-02"})
 
 
-class SwallowAcceptErrorProxy(PinnedMasterProxy):
+class SwallowAcceptErrorProxy(MasterProxy):
     def _accept_fd(self, listener: socket.socket, timeout: float | None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

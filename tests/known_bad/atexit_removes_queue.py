@@ -13,14 +13,13 @@ import socket
 
 from fdpass_conformance import sysv
 from fdpass_conformance.contract import ProtocolType
-
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"IPC-10"})
 SEED = "round 2 follow-up: missing destructor/cleanup (an atexit hook without owner check)"
 
 
-class AtexitProxy(PinnedMasterProxy):
+class AtexitProxy(MasterProxy):
     def create_socket(
         self, port: int, protocol: ProtocolType | str = ProtocolType.TCP
     ) -> socket.socket:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import contextlib
 import socket
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"IPC-08"})
 NOTICE_MTYPE = 2
 
 
-class BlockingNoticeProxy(PinnedMasterProxy):
+class BlockingNoticeProxy(MasterProxy):
     def dispatch(self, listener: socket.socket, timeout: float | None = None) -> int:
         index = super().dispatch(listener, timeout)
-        if self._queue is not None and self._queue_alive:
+        if self._queue is not None and self._queue.alive:
             with contextlib.suppress(OSError):
                 # The defect: block=True, no IPC_NOWAIT.
                 self._queue.send(NOTICE_MTYPE, str(index).encode(), block=True)

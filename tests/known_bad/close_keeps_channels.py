@@ -11,20 +11,17 @@ after that ``close()`` can still ``enter_worker(0)`` on the channels it kept.
 
 from __future__ import annotations
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"SP-12", "FP-11", "FP-15", "FLT-05"})
 
 
-class ChannelsKeptProxy(PinnedMasterProxy):
+class ChannelsKeptProxy(MasterProxy):
     def close(self) -> None:
         for sock in (*self._listeners, self._chan):
             if sock is not None:
                 sock.close()
         self._listeners = []
         self._chan = None
-        if self._queue is not None:
-            self._queue.remove()
-            self._queue = None
-        self._queue_alive = False
+        self._remove_queue()
         # The defect: self._master_ends (and any unsealed worker ends) stay open.

@@ -8,15 +8,12 @@ with "precondition failed ... (IPC-01)" instead of blaming itself.)
 
 from __future__ import annotations
 
-from fdpass_conformance.sysv import MessageQueue
-
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"IPC-01"})
 
 
-class EagerQueueProxy(PinnedMasterProxy):
+class EagerQueueProxy(MasterProxy):
     def __init__(self, host: str = "127.0.0.1") -> None:
         super().__init__(host)
-        self._queue = MessageQueue(mode=0o600)  # the defect: made at construction
-        self._queue_alive = True
+        self._queue = self._create_queue()  # the defect: made at construction

@@ -12,14 +12,14 @@ from __future__ import annotations
 import array
 import socket
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-14", "FLT-06"})
 
 _CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 
-class CtruncIgnoredProxy(PinnedMasterProxy):
+class CtruncIgnoredProxy(MasterProxy):
     def _recv_fd(self, chan: socket.socket) -> tuple[bytes, int]:
         fds = array.array("i")
         msg, ancdata, _flags, _ = chan.recvmsg(1, socket.CMSG_SPACE(fds.itemsize), _CMSG_CLOEXEC)

@@ -14,7 +14,7 @@ import os
 import socket
 import struct
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FLT-03"})
 
@@ -22,7 +22,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _TIMEVAL = struct.Struct("@ll")
 
 
-class CtypesAcceptProxy(PinnedMasterProxy):
+class CtypesAcceptProxy(MasterProxy):
     def _accept_fd(self, listener: socket.socket, timeout: float | None) -> int:
         if listener.fileno() < 0:
             raise OSError(errno.EBADF, "dispatch: the listener is closed")

@@ -13,22 +13,14 @@ from __future__ import annotations
 
 import socket
 
-from fdpass_conformance.contract import ProtocolType
-from fdpass_conformance.sysv import MessageQueue
-from reference.listener import BACKLOG, validate_port, validate_protocol
-
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
+from reference.listener import BACKLOG
 
 BREAKS = frozenset({"SP-03", "SP-09", "FP-02", "FLT-05"})
 
 
-class DualStackProxy(PinnedMasterProxy):
-    def create_socket(
-        self, port: int, protocol: ProtocolType | str = ProtocolType.TCP
-    ) -> socket.socket:
-        port = validate_port(port)
-        self.protocol = validate_protocol(protocol)
-        self._require_master("create_socket")
+class DualStackProxy(MasterProxy):
+    def _open_listener(self, port: int) -> socket.socket:
         # The defect: "serve IPv6 too" with one AF_INET6 socket on the wildcard.
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -45,12 +37,4 @@ class DualStackProxy(PinnedMasterProxy):
         except OSError as exc:
             sock.close()
             raise OSError(exc.errno, f"create_socket: {step} failed: {exc.strerror}") from exc
-        if self._queue is None:
-            try:
-                self._queue = MessageQueue(mode=0o600)
-            except OSError as exc:
-                sock.close()
-                raise OSError(exc.errno, f"create_socket: msgget: {exc.strerror}") from exc
-            self._queue_alive = True
-        self._listeners.append(sock)
         return sock

@@ -12,14 +12,13 @@ from __future__ import annotations
 import socket
 
 from fdpass_conformance.contract import ProtocolType
-
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"SP-18", "SP-08", "IPC-06"})
 SEED = "round 3 #1: error_get_last() instead of socket_last_error(), still no errno"
 
 
-class ErrnoLostProxy(PinnedMasterProxy):
+class ErrnoLostProxy(MasterProxy):
     def create_socket(
         self, port: int, protocol: ProtocolType | str = ProtocolType.TCP
     ) -> socket.socket:

@@ -16,14 +16,16 @@ IPC-object requirements pass.
 
 from __future__ import annotations
 
-from ._master import SERVED_CHECKS, PinnedMasterProxy
+from reference import MasterProxy
+
+from . import SERVED_CHECKS
 
 BREAKS = frozenset({"FP-02", "FP-11"})
 BLOCKED = dict.fromkeys(SERVED_CHECKS | {"FP-03"}, "FP-02")
 SEED = "round 3 #3: fclose($streams[1]) closes the worker end, SCM_RIGHTS sends into the void"
 
 
-class VoidChannelProxy(PinnedMasterProxy):
+class VoidChannelProxy(MasterProxy):
     def open_channels(self, workers: int) -> None:
         super().open_channels(workers)
         for end in self._worker_ends:

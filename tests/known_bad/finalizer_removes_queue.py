@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 
 from fdpass_conformance import sysv
-
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"IPC-10"})
 SEED = "round 2 follow-up: missing destructor/cleanup (a destructor without owner check)"
 
 
-class FinalizerProxy(PinnedMasterProxy):
+class FinalizerProxy(MasterProxy):
     def __del__(self) -> None:
         queue = self._queue
         if queue is not None and not queue.removed:

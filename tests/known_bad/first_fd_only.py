@@ -14,7 +14,7 @@ import array
 import errno
 import socket
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FLT-06"})
 
@@ -22,7 +22,7 @@ _CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _ROOM = socket.CMSG_SPACE(4 * array.array("i").itemsize)
 
 
-class FirstFdOnlyProxy(PinnedMasterProxy):
+class FirstFdOnlyProxy(MasterProxy):
     def _recv_fd(self, chan: socket.socket) -> tuple[bytes, int]:
         fds = array.array("i")
         msg, ancdata, flags, _ = chan.recvmsg(1, _ROOM, _CMSG_CLOEXEC)

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-import socket
 
 from fdpass_conformance import sysv
-from fdpass_conformance.contract import ProtocolType
-from reference.listener import open_listener, validate_port, validate_protocol
-
-from ._master import PinnedMasterProxy
+from fdpass_conformance.reference.tokens import TokenQueue
+from reference import MasterProxy
 
 BREAKS = frozenset({"IPC-04", "FP-13"})
 SEED = "round 3 follow-up: ftok(__FILE__, 'M') key is fragile and shared by every instance"
@@ -29,7 +26,7 @@ def _oserror(step: str) -> OSError:
     return OSError(code, f"create_socket: {step} failed: {os.strerror(code)}")
 
 
-class FtokQueue(sysv.MessageQueue):
+class FtokQueue(TokenQueue):
     """A queue found by a key: whoever computes the same key gets the same queue."""
 
     def __init__(self, path: str, proj: str) -> None:
@@ -44,20 +41,6 @@ class FtokQueue(sysv.MessageQueue):
         self.removed = False
 
 
-class FtokKeyProxy(PinnedMasterProxy):
-    def create_socket(
-        self, port: int, protocol: ProtocolType | str = ProtocolType.TCP
-    ) -> socket.socket:
-        port = validate_port(port)
-        self.protocol = validate_protocol(protocol)
-        self._require_master("create_socket")
-        listener = open_listener(self.host, port)
-        if self._queue is None:
-            try:
-                self._queue = FtokQueue(__file__, "M")  # the defect
-            except OSError:
-                listener.close()
-                raise
-            self._queue_alive = True
-        self._listeners.append(listener)
-        return listener
+class FtokKeyProxy(MasterProxy):
+    def _create_queue(self) -> TokenQueue:
+        return FtokQueue(__file__, "M")  # the defect

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import socket
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-10", "FLT-03"})
 
 
-class NoTimeoutProxy(PinnedMasterProxy):
+class NoTimeoutProxy(MasterProxy):
     def _accept_fd(self, listener: socket.socket, timeout: float | None) -> int:
         return super()._accept_fd(listener, None)  # the defect: the timeout is dropped

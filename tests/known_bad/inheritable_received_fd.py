@@ -12,12 +12,12 @@ import errno
 import os
 import socket
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-05", "SP-20"})
 
 
-class InheritableFdProxy(PinnedMasterProxy):
+class InheritableFdProxy(MasterProxy):
     def _recv_fd(self, chan: socket.socket) -> tuple[bytes, int]:
         fds = array.array("i")
         # The defect: flags 0 instead of MSG_CMSG_CLOEXEC (and no set_inheritable after).

@@ -8,20 +8,17 @@ Seed: pull request, ``isSupported()`` should mean "works here" (SP-02).
 
 from __future__ import annotations
 
-from fdpass_conformance.sysv import MessageQueue
-
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"SP-02", "IPC-01"})
 SEED = "pull request: isSupported() (SP-02)"
 
 
-class QueueProbeProxy(PinnedMasterProxy):
+class QueueProbeProxy(MasterProxy):
     def is_supported(self) -> bool:
         if not super().is_supported():
             return False
         if self._queue is None:
             # The defect: "check that msgget works" by making the real queue now.
-            self._queue = MessageQueue(mode=0o600)
-            self._queue_alive = True
+            self._queue = self._create_queue()
         return True

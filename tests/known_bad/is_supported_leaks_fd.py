@@ -11,13 +11,13 @@ from __future__ import annotations
 import array
 import socket
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"SP-02"})
 SEED = "pull request: isSupported() checks only that functions exist"
 
 
-class LeakyProbeProxy(PinnedMasterProxy):
+class LeakyProbeProxy(MasterProxy):
     def is_supported(self) -> bool:
         if not super().is_supported():
             return False

@@ -20,13 +20,13 @@ does is a race (it failed in some corpus runs and passed in others).
 
 from __future__ import annotations
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-06", "FP-07", "FP-08", "FP-09", "FLT-05"})
 MAY_BREAK = frozenset({"IPC-10"})
 SEED = "round 1 #1: $streams[1] from stream_socket_pair leaked, never stored or closed"
 
 
-class LeakedWorkerEndProxy(PinnedMasterProxy):
+class LeakedWorkerEndProxy(MasterProxy):
     def _seal(self) -> None:
         self._sealed = True  # the defect: the worker ends stay open in the master

@@ -21,13 +21,13 @@ import os
 import socket
 import time
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"SP-11", "SP-16", "FP-03", "FP-14", "FLT-01", "FLT-05", "FLT-06"})
 SEED = "round 1 reply: accept() wraps the master's accepted socket in a Connection"
 
 
-class KeepingMasterProxy(PinnedMasterProxy):
+class KeepingMasterProxy(MasterProxy):
     def __init__(self, host: str = "127.0.0.1") -> None:
         super().__init__(host)
         self._served: list[socket.socket] = []

@@ -10,8 +10,7 @@ from __future__ import annotations
 import socket
 
 from fdpass_conformance.contract import ProtocolType
-
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-01"})
 REJECTED = "missing method enter_worker()"
@@ -21,7 +20,7 @@ class NoEnterWorkerProxy:
     """Delegates to MasterProxy; the worker-side entry point was never written."""
 
     def __init__(self) -> None:
-        self._inner = PinnedMasterProxy()
+        self._inner = MasterProxy()
 
     def is_supported(self) -> bool:
         return self._inner.is_supported()

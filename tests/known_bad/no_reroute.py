@@ -11,12 +11,12 @@ workers remain).
 
 from __future__ import annotations
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-07", "FP-08", "FLT-05"})
 
 
-class NoRerouteProxy(PinnedMasterProxy):
+class NoRerouteProxy(MasterProxy):
     def _peer_gone(self, index: int, exc: OSError) -> None:
         super()._peer_gone(index, exc)
         raise OSError(exc.errno, f"dispatch: worker {index} is gone: {exc.strerror}") from exc

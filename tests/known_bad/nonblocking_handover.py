@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import socket
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"SP-20"})
 
 
-class NonBlockingHandoverProxy(PinnedMasterProxy):
+class NonBlockingHandoverProxy(MasterProxy):
     def _accept_fd(self, listener: socket.socket, timeout: float | None) -> int:
         fd = super()._accept_fd(listener, timeout)
         os.set_blocking(fd, False)  # the defect: "a stuck client must never block the master"

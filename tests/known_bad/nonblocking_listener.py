@@ -10,13 +10,12 @@ from __future__ import annotations
 import socket
 
 from fdpass_conformance.contract import ProtocolType
-
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"SP-03"})
 
 
-class NonBlockingListenerProxy(PinnedMasterProxy):
+class NonBlockingListenerProxy(MasterProxy):
     def create_socket(
         self, port: int, protocol: ProtocolType | str = ProtocolType.TCP
     ) -> socket.socket:

@@ -11,16 +11,14 @@ from __future__ import annotations
 import socket
 
 from fdpass_conformance.contract import ProtocolType
-from fdpass_conformance.sysv import MessageQueue
+from reference import MasterProxy
 from reference.listener import open_listener, validate_port, validate_protocol
-
-from ._master import PinnedMasterProxy
 
 BREAKS = frozenset({"SP-08", "IPC-03"})
 SEED = "round 1 follow-up (queue orphaned), round 3 follow-up (partial failure leak)"
 
 
-class OrphanedQueueProxy(PinnedMasterProxy):
+class OrphanedQueueProxy(MasterProxy):
     def create_socket(
         self, port: int, protocol: ProtocolType | str = ProtocolType.TCP
     ) -> socket.socket:
@@ -28,8 +26,7 @@ class OrphanedQueueProxy(PinnedMasterProxy):
         self.protocol = validate_protocol(protocol)
         self._require_master("create_socket")
         if self._queue is None:
-            self._queue = MessageQueue(mode=0o600)  # queue first...
-            self._queue_alive = True
+            self._queue = self._create_queue()  # queue first...
         listener = open_listener(self.host, port)  # ...the defect: kept if this raises
         self._listeners.append(listener)
         return listener

@@ -15,12 +15,12 @@ import os
 import socket
 import time
 
-from ._master import NoLiveWorkerError, PinnedMasterProxy
+from reference import MasterProxy, NoLiveWorkerError
 
 BREAKS = frozenset({"FP-09", "FLT-01", "FLT-05"})
 
 
-class ParkingProxy(PinnedMasterProxy):
+class ParkingProxy(MasterProxy):
     def __init__(self, host: str = "127.0.0.1") -> None:
         super().__init__(host)
         self._parked: list[int] = []

@@ -10,13 +10,13 @@ FLT-05 fails as well: its teardown invariant finds the queue after ``close()``.
 
 from __future__ import annotations
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"SP-12", "IPC-02", "IPC-09", "FLT-05"})
 SEED = "round 2 #2, round 3 #2: msg_get_queue() queue never stored or removed"
 
 
-class QueueLeakProxy(PinnedMasterProxy):
+class QueueLeakProxy(MasterProxy):
     def close(self) -> None:
         self._queue = None  # the defect: forgotten, not removed
         super().close()

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import time
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"IPC-07"})
 
 
-class QueueRetryProxy(PinnedMasterProxy):
-    def _pick_token(self, busy: set[int], deferred: list[int]) -> tuple[int, bool] | None:
+class QueueRetryProxy(MasterProxy):
+    def _take_token(self) -> tuple[int, int] | None:
         while True:
-            picked = super()._pick_token(busy, deferred)
-            if self._queue_alive or self._queue is None:
-                return picked
+            token = super()._take_token()
+            if self._queue is None or self._queue.alive:
+                return token
             # The reference found the queue gone and fell back to round-robin.
-            self._queue_alive = True  # the defect: "it will be back"
+            self._queue.alive = True  # the defect: "it will be back"
             time.sleep(0.01)

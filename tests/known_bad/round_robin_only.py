@@ -6,11 +6,11 @@ gets every W-th new connection, whose client waits behind it.
 
 from __future__ import annotations
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-12"})
 
 
-class RoundRobinProxy(PinnedMasterProxy):
-    def _pick(self, busy: set[int]) -> tuple[int | None, bool]:
+class RoundRobinProxy(MasterProxy):
+    def _pick(self, busy: set[int]) -> int | None:
         return self._pick_round_robin(busy)  # the defect: no look at the idle tokens

@@ -14,12 +14,12 @@ import errno
 import os
 import socket
 
-from ._master import NoLiveWorkerError, PinnedMasterProxy
+from reference import MasterProxy, NoLiveWorkerError
 
 BREAKS = frozenset({"SP-18", "FLT-01"})
 
 
-class SendErrorsAsEioProxy(PinnedMasterProxy):
+class SendErrorsAsEioProxy(MasterProxy):
     def dispatch(self, listener: socket.socket, timeout: float | None = None) -> int:
         try:
             return super().dispatch(listener, timeout)

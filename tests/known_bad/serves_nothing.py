@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import socket
 
-from ._master import SERVED_CHECKS, PinnedMasterProxy
+from reference import MasterProxy
+
+from . import SERVED_CHECKS
 
 BREAKS = frozenset({"FP-02", "FP-03", "FP-09"})
 #: Served-connection checks: blocked by FP-02, the root cause.
 BLOCKED = dict.fromkeys(SERVED_CHECKS, "FP-02")
 
 
-class KeepEverythingMasterProxy(PinnedMasterProxy):
+class KeepEverythingMasterProxy(MasterProxy):
     def __init__(self, host: str = "127.0.0.1") -> None:
         super().__init__(host)
         self._kept: list[socket.socket] = []

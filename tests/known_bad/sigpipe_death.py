@@ -19,12 +19,12 @@ from __future__ import annotations
 import array
 import socket
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-08", "FP-09", "FLT-05"})
 
 
-class SigpipeProxy(PinnedMasterProxy):
+class SigpipeProxy(MasterProxy):
     def _channel_pair(self) -> tuple[socket.socket, socket.socket]:
         return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 

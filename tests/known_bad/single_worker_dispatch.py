@@ -8,14 +8,14 @@ connections); both are SHOULD requirements, reported as warnings.
 
 from __future__ import annotations
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"SP-13", "FP-12"})
 
 
-class FirstWorkerProxy(PinnedMasterProxy):
-    def _pick(self, busy: set[int]) -> tuple[int | None, bool]:
+class FirstWorkerProxy(MasterProxy):
+    def _pick(self, busy: set[int]) -> int | None:
         for index in range(len(self._master_ends)):  # the defect: always from 0
             if index not in self._dead and index not in busy:
-                return index, False
-        return None, False
+                return index
+        return None

@@ -13,13 +13,13 @@ from __future__ import annotations
 import ctypes
 import os
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"SP-18", "FLT-04"})
 SEED = "round 2 #1, #6: socket_last_error() after stream_socket_pair() failed"
 
 
-class StaleErrnoProxy(PinnedMasterProxy):
+class StaleErrnoProxy(MasterProxy):
     def open_channels(self, workers: int) -> None:
         try:
             super().open_channels(workers)

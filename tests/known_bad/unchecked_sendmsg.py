@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import socket
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-07", "FP-08", "FP-09", "FLT-01", "FLT-05"})
 SEED = "round 1 #3, round 2 #4, round 3 #4: @socket_sendmsg, result never checked"
 
 
-class UncheckedSendProxy(PinnedMasterProxy):
+class UncheckedSendProxy(MasterProxy):
     def _send_fd(self, chan: socket.socket, fd: int, tag: bytes) -> None:
         with contextlib.suppress(OSError):  # the defect: "@" for macOS compatibility
             super()._send_fd(chan, fd, tag)

@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 import socket
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"SP-16", "FP-14", "FLT-06", "FLT-05"})
 MAY_BREAK = frozenset({"FP-10"})
 
 
-class WakeupPipeLeakProxy(PinnedMasterProxy):
+class WakeupPipeLeakProxy(MasterProxy):
     def __init__(self, host: str = "127.0.0.1") -> None:
         super().__init__(host)
         self._wakeup: tuple[int, int] | None = None

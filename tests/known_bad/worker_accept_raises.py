@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import socket
 
-from ._master import SERVED_CHECKS, PinnedMasterProxy
+from reference import MasterProxy
+
+from . import SERVED_CHECKS
 
 BREAKS = frozenset({"FP-02"})
 BLOCKED = dict.fromkeys(SERVED_CHECKS | {"FP-03"}, "FP-02")
 
 
-class RaisingWorkerMasterProxy(PinnedMasterProxy):
+class RaisingWorkerMasterProxy(MasterProxy):
     def accept(self, listener: socket.socket) -> socket.socket:
         conn = super().accept(listener)
         conn.close()

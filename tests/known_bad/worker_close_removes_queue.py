@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 
 from fdpass_conformance import sysv
-
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-07", "IPC-10"})
 SEED = "round 2 follow-up: missing destructor/cleanup (done without an owner check)"
 
 
-class AnyProcessRemovesProxy(PinnedMasterProxy):
+class AnyProcessRemovesProxy(MasterProxy):
     def close(self) -> None:
         queue = self._queue
         if queue is not None and not queue.removed:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import socket
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-17"})
 
 
-class ListenerKeepingProxy(PinnedMasterProxy):
+class ListenerKeepingProxy(MasterProxy):
     def enter_worker(self, index: int) -> None:
         # The defect: "the worker does not use it anyway", so its copy is never closed.
         kept = [s.dup() for s in self._listeners if s.fileno() >= 0]

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import socket
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-06", "FP-11", "FLT-05"})
 
 
-class KeepsMasterEndsProxy(PinnedMasterProxy):
+class KeepsMasterEndsProxy(MasterProxy):
     _kept: list[socket.socket | None]
 
     def enter_worker(self, index: int) -> None:

@@ -19,14 +19,13 @@ from __future__ import annotations
 import contextlib
 
 from fdpass_conformance import sysv
-
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-07", "IPC-02", "IPC-09", "IPC-10", "FLT-05"})
 MAY_BREAK = frozenset({"SP-12"})
 
 
-class WorkersRemoveQueueProxy(PinnedMasterProxy):
+class WorkersRemoveQueueProxy(MasterProxy):
     def close(self) -> None:
         queue = self._queue
         if queue is not None and self._index is not None:

@@ -7,32 +7,13 @@ dispatch. Breaks IPC-05.
 
 from __future__ import annotations
 
-import socket
-
-from fdpass_conformance.contract import ProtocolType
-from fdpass_conformance.sysv import MessageQueue
-from reference.listener import open_listener, validate_port, validate_protocol
-
-from ._master import PinnedMasterProxy
+from fdpass_conformance.reference.tokens import TokenQueue
+from reference import MasterProxy
 
 BREAKS = frozenset({"IPC-05"})
 SEED = "pull request: msg_get_queue() default permissions 0666"
 
 
-class WorldWritableProxy(PinnedMasterProxy):
-    def create_socket(
-        self, port: int, protocol: ProtocolType | str = ProtocolType.TCP
-    ) -> socket.socket:
-        port = validate_port(port)
-        self.protocol = validate_protocol(protocol)
-        self._require_master("create_socket")
-        listener = open_listener(self.host, port)
-        if self._queue is None:
-            try:
-                self._queue = MessageQueue(mode=0o666)  # the defect
-            except OSError as exc:
-                listener.close()
-                raise OSError(exc.errno, f"create_socket: {exc.strerror}") from exc
-            self._queue_alive = True
-        self._listeners.append(listener)
-        return listener
+class WorldWritableProxy(MasterProxy):
+    def _create_queue(self) -> TokenQueue:
+        return TokenQueue(mode=0o666)  # the defect

@@ -11,12 +11,12 @@ the one dispatch named).
 
 from __future__ import annotations
 
-from ._master import PinnedMasterProxy
+from reference import MasterProxy
 
 BREAKS = frozenset({"FP-04", "FLT-01", "FLT-05"})
 
 
-class WrongIndexProxy(PinnedMasterProxy):
+class WrongIndexProxy(MasterProxy):
     def _hand_over(self, fd: int, deadline: float | None) -> int:
         index = super()._hand_over(fd, deadline)
         self._next = index + 1  # "the next round-robin turn starts after it"

@@ -256,6 +256,32 @@ def test_idle_first_ignores_stale_token_of_worker_busy_after_round_robin(lab: La
     third.close()
 
 
+def test_worker_with_a_connection_queued_posts_no_idle_token(lab: Lab) -> None:
+    """A worker back in accept with a connection already queued takes it without a token.
+
+    Such a token would be stale at once: the master would read it and drop it,
+    a msgsnd and a msgrcv per connection for nothing (docs/performance.md).
+    """
+    proxy, listener, port, qid = master(lab, 2)
+    pool = lab.workers(proxy, listener, 2)
+    assert tokens_reach(qid, 2), tokens_state(qid, pool.pids)
+    holds: dict[int, socket.socket] = {}
+    for _ in range(2):
+        conn = lab.connect(port, b"hold")
+        index = proxy.dispatch(listener, timeout=5.0)
+        assert int(read_line(conn)) == pool.pids[index]
+        holds[index] = conn
+    assert queue_messages(qid) == 0
+    third = lab.connect(port, b"hold")
+    x = proxy.dispatch(listener, timeout=5.0)  # no token: round-robin, queued in x's channel
+    holds.pop(x).close()  # x finishes and finds `third` queued
+    assert int(read_line(third)) == pool.pids[x]
+    assert queue_messages(qid) == 0, f"worker {x} posted a token with a connection queued"
+    third.close()
+    for conn in holds.values():
+        conn.close()
+
+
 # -- FP-10/FP-11: timeout and shutdown --------------------------------------------
 
 

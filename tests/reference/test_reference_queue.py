@@ -29,6 +29,8 @@ from forkkit import (
     wait_for,
 )
 
+from fdpass_conformance.reference.tokens import TOKEN_MTYPE, TokenQueue
+from fdpass_conformance.sysv import msgrm
 from reference import MasterProxy
 
 pytestmark = pytest.mark.timeout(30)
@@ -261,3 +263,23 @@ def test_queue_removed_from_outside_dispatch_keeps_serving(lab: Lab) -> None:
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (
             f"worker {pid} crashed after the queue vanished (status {status})"
         )
+
+
+def test_token_queue_drops_foreign_messages_and_outlives_removal_from_outside() -> None:
+    """IPC-07/IPC-08 at the queue: a message that is not a token is dropped, not
+    misread; once the queue is removed from outside, take and post answer None
+    and False (round-robin from then on) instead of raising."""
+    queue = TokenQueue()
+    try:
+        assert queue.take() is None
+        queue.send(TOKEN_MTYPE, b"not a token: longer than one")
+        queue.send(TOKEN_MTYPE, b"short")
+        assert queue.post(1, 7)
+        assert queue.take() == (1, 7)
+        assert queue.take() is None
+        msgrm(queue.id)
+        assert queue.post(0, 0) is False
+        assert queue.take() is None
+        assert not queue.alive
+    finally:
+        queue.remove()
