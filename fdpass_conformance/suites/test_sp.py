@@ -329,10 +329,9 @@ class SocketProxySuite(SuiteBase):
     @pytest.mark.requirement("SP-20")
     @needs("served")
     def test_accepted_sockets_are_blocking_and_cloexec(self, server: StartServer) -> None:
-        srv = server(workers=2)
-        for reply in served_each(srv, 4, "connection {n}"):
-            assert reply.nonblock is False, "accept() returned a non-blocking socket"
-            assert reply.cloexec is True, "accept() returned an inheritable socket"
+        replies = served_each(server(workers=2), 4, "connection {n}")
+        assert all(r.nonblock is False for r in replies), "accept() returned a non-blocking socket"
+        assert all(r.cloexec is True for r in replies), "accept() returned an inheritable socket"
 
     @pytest.mark.requirement("SP-21")
     def test_the_program_master_reaps_its_workers(self, server: StartServer) -> None:
