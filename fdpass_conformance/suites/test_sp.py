@@ -23,7 +23,10 @@ from .steps import fd_passing_only, outcome_of, raised_by
 
 #: The cases of SP-06, SP-07, SP-18 and SP-19 are in fdpass_conformance/cases.py, the
 #: table docs/spec.md is checked against.
-_FAULTS = (*cases.SETUP_FAULTS, *cases.DISPATCH_FAULTS)
+#: SP-18 and SP-19 judge the same failing steps: each fault of setup, then of dispatch.
+_EACH_FAULT = pytest.mark.parametrize(
+    "fault", (*cases.SETUP_FAULTS, *cases.DISPATCH_FAULTS), ids=lambda f: f.id
+)
 
 
 def _served_by(server: ProxyServer, timeout: float = 5.0) -> int | None:
@@ -311,20 +314,33 @@ class SocketProxySuite(SuiteBase):
         assert not bad, f"{len(bad)} of 64 concurrent clients were not served: {bad[:5]}"
 
     @pytest.mark.requirement("SP-18")
-    @pytest.mark.parametrize("fault", _FAULTS, ids=lambda f: f.id)
+    @_EACH_FAULT
     def test_errors_keep_the_errno(
         self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
     ) -> None:
         # Only the errno is judged here: what a failed setup leaves behind is
         # IPC-03's (and SP-08's) to judge, not this requirement's.
-        _check_errno(_fail(server, request, fault), fault)
+        exc = _fail(server, request, fault)
+        assert exc.errno == getattr(errno, fault.error), (
+            f"injected {fault.error} into {fault.call}, got errno {exc.errno}: {exc}"
+        )
+        if exc.strerror is not None and exc.errno is not None:
+            assert os.strerror(exc.errno) in exc.strerror, (
+                f"injected {fault.error} into {fault.call}: strerror {exc.strerror!r} does not "
+                f"agree with errno {exc.errno} ({os.strerror(exc.errno)})"
+            )
 
     @pytest.mark.requirement("SP-19")
-    @pytest.mark.parametrize("fault", _FAULTS, ids=lambda f: f.id)
+    @_EACH_FAULT
     def test_errors_name_the_step(
         self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
     ) -> None:
-        _check_named(_fail(server, request, fault), fault)
+        exc = _fail(server, request, fault)  # named in the words of any language (cases.py)
+        names = "/".join(cases.STEP_NAMES.get(fault.call, (fault.call,)))
+        assert cases.names_step(str(exc), fault.call), (
+            f"injected {fault.error} into {fault.call}: the message does not name the step "
+            f"(none of {names}): {exc}"
+        )
 
     @pytest.mark.requirement("SP-20")
     @needs("served")
@@ -348,24 +364,3 @@ class SocketProxySuite(SuiteBase):
             f"worker 0 (pid {pid}) is still a zombie 3 s after it was killed, and its master "
             "answered a request meanwhile: the program's master never reaps its workers"
         )
-
-
-def _check_errno(exc: OSError, fault: cases.Fault) -> None:
-    """SP-18's verdict: the errno is the injected one, and strerror agrees with it."""
-    assert exc.errno == getattr(errno, fault.error), (
-        f"injected {fault.error} into {fault.call}, got errno {exc.errno}: {exc}"
-    )
-    if exc.strerror is not None and exc.errno is not None:
-        assert os.strerror(exc.errno) in exc.strerror, (
-            f"injected {fault.error} into {fault.call}: strerror {exc.strerror!r} does not "
-            f"agree with errno {exc.errno} ({os.strerror(exc.errno)})"
-        )
-
-
-def _check_named(exc: OSError, fault: cases.Fault) -> None:
-    """SP-19's verdict: the message names the failed call, in the words of any language."""
-    names = "/".join(cases.STEP_NAMES.get(fault.call, (fault.call,)))
-    assert cases.names_step(str(exc), fault.call), (
-        f"injected {fault.error} into {fault.call}: the message does not name the step "
-        f"(none of {names}): {exc}"
-    )
