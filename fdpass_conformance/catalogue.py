@@ -237,8 +237,9 @@ REQUIREMENTS: tuple[Requirement, ...] = (
 BY_ID: dict[str, Requirement] = {req.id: req for req in REQUIREMENTS}
 
 #: Requirements outside the FP class that only make sense for a proxy with
-#: ``dispatch`` (they fault the master's accept/send or the worker's receive).
-FD_PASSING_ONLY: frozenset[str] = frozenset({"FLT-01", "FLT-02", "FLT-06"})
+#: ``dispatch`` (they fault the master's accept/send or the worker's receive, or
+#: fill the queue only dispatch could wait on).
+FD_PASSING_ONLY: frozenset[str] = frozenset({"FLT-01", "FLT-02", "FLT-06", "IPC-08"})
 
 
 def select(prefixes: Sequence[str]) -> list[Requirement]:

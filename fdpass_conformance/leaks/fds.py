@@ -86,6 +86,18 @@ def fd_count(pid: int) -> int:
         raise ProcessLookupError(f"no process with pid {pid}") from None
 
 
+def fd_links(pid: int) -> dict[int, str]:
+    """fd -> what it refers to (``socket:[inode]``, ``pipe:[inode]``, a path), cheaply.
+
+    On Linux only the ``/proc/PID/fd`` links are read, without classifying
+    sockets through the socket tables, which is what makes it cheap enough to
+    take after every step. ProcessLookupError if there is no such process.
+    """
+    if sys.platform.startswith("linux"):
+        return _linux_links(pid)
+    return {f.fd: f.target for f in _psutil_inventory(pid)}
+
+
 def summarize(inventory: Iterable[FdInfo]) -> dict[str, int]:
     """Count fds per kind; every kind is present, so two summaries compare key by key."""
     counts = dict.fromkeys(FD_KINDS, 0)

@@ -166,6 +166,12 @@ def served(
     return require_served(server, server.request_reply(data, timeout, inst), what, timeout)
 
 
+def served_each(server: ProxyServer, count: int, what: str, timeout: float = 5.0) -> list[Reply]:
+    """``count`` requests whose answers this check needs, as :func:`served`; ``what``
+    names each (``"connection {n}"``: ``{n}`` is the request's number)."""
+    return [served(server, what.format(n=n), timeout=timeout) for n in range(count)]
+
+
 def assume_served(server: ProxyServer) -> None:
     """Before a step whose meaning needs a served connection: blocked at once if the
     proxy has already shown that it serves nothing."""

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Protocol
 
 import pytest
 
-from ..catalogue import BY_ID, applicable
+from ..catalogue import BY_ID, applicable, applicable_classes
 from ..fixtures.server import ProxyServerFactory
 from ..harness.server import ProxyServer
 from ..outcomes import blocked, not_applicable
@@ -61,7 +61,8 @@ class SuiteBase:
         ids = requirement_ids(request.node)
         reqs = [BY_ID[i] for i in ids if i in BY_ID]
         if reqs and not any(applicable(r, facts.fd_passing, facts.creates_ipc) for r in reqs):
-            if reqs[0].cls == "IPC":
+            classes = applicable_classes(facts.fd_passing, facts.creates_ipc)
+            if reqs[0].cls == "IPC" and "IPC" not in classes:  # else IPC-08: no dispatch
                 not_applicable("creates no System V IPC object (observed through ipcs)")
             not_applicable("not an fd-passing proxy (no dispatch)")
         marks = request.node.iter_markers("fdpass_needs")

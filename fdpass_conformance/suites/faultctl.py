@@ -86,18 +86,3 @@ def counted_fault(
     finally:
         with contextlib.suppress(HarnessError):
             result.injected = sum(server.request("unpatch"))
-
-
-@contextlib.contextmanager
-def injected(
-    server: ProxyServer,
-    request: pytest.FixtureRequest,
-    call: str,
-    error: str,
-    *,
-    after: int = 0,
-    times: int | None = 1,
-) -> Iterator[str]:
-    """Fail the master's calls ``after+1..after+times`` of ``call`` with ``error``; the layer."""
-    with counted_fault(server, request, call, error, after=after, times=times) as fault:
-        yield fault.layer

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,16 +14,17 @@ from ..harness.master_role import LISTENER
 from ..harness.server import HarnessError, ProxyServer, Reply, read_reply
 from ..leaks.ipcs import IpcObject
 from ..outcomes import blocked, not_applicable
-from .applicability import require_served, served, served_owner
+from .applicability import require_served, served, served_each, served_owner
 from .base import StartServer, SuiteBase, needs
 from .evidence import (
     assert_fd_counts_flat,
+    assert_served_each,
     describe_reply,
     fd_counts,
-    outcome_of,
     unix_sockets,
     wait_in_accept,
 )
+from .steps import outcome_of, raised_by, sigpipe_default
 
 #: Exceptions that say "wrong call order" clearly; anything else looks like an internal bug.
 CLEAR_ERRORS = (RuntimeError, OSError, ValueError)
@@ -138,11 +138,6 @@ def _child_calls(srv: ProxyServer, seq: cases.CallSequence) -> dict[str, Any]:
     return report
 
 
-def _sigpipe_default() -> None:
-    """Like a C or PHP master: SIGPIPE kills unless every send uses MSG_NOSIGNAL."""
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-
-
 def _manual(srv: ProxyServer) -> ProxyServer:
     srv.set_auto(False)
     return srv
@@ -207,8 +202,7 @@ class FdPassingSuite(SuiteBase):
     @needs("served")
     def test_received_sockets_are_cloexec(self, server: StartServer) -> None:
         srv = server(workers=2)
-        for n in range(4):
-            reply = served(srv, f"connection {n}")
+        for reply in served_each(srv, 4, "connection {n}"):
             assert reply.cloexec is True, "the worker received an inheritable socket"
 
     @pytest.mark.requirement("FP-06")
@@ -220,8 +214,7 @@ class FdPassingSuite(SuiteBase):
         srv.create_socket()
         srv.call("open_channels", 3)
         srv.fork_workers()
-        for n in range(3):  # the first dispatch is when the master drops the worker ends
-            served(srv, f"connection {n}")
+        served_each(srv, 3, "connection {n}")  # the first dispatch drops the worker ends
         master = unix_sockets(srv.master_pid) - inherited
         workers = [unix_sockets(pid) - inherited for pid in srv.worker_pids]
         for i, ends in enumerate(workers):
@@ -261,16 +254,12 @@ class FdPassingSuite(SuiteBase):
         )
         srv.wait_events("exit", 1)
         assert srv.ipc_objects() == before, "a worker's death or exit changed the IPC objects"
-        for n in range(4):
-            reply = srv.request_reply(timeout=5.0)
-            assert reply.answered, (
-                f"request {n} after one worker died and one exited {describe_reply(reply, 5)}"
-            )
+        assert_served_each(srv, 4, "after one worker died and one exited")
 
     @pytest.mark.requirement("FP-08")
     @needs("served")
     def test_dead_worker_costs_nothing(self, server: StartServer) -> None:
-        srv = server(workers=2, master_setup=_sigpipe_default)
+        srv = server(workers=2, master_setup=sigpipe_default)
         srv.kill_worker(0)
         for n in range(6):
             reply = srv.request_reply(timeout=5.0)
@@ -280,7 +269,7 @@ class FdPassingSuite(SuiteBase):
 
     @pytest.mark.requirement("FP-09")
     def test_no_live_worker(self, server: StartServer) -> None:
-        srv = _manual(server(workers=2, master_setup=_sigpipe_default))
+        srv = _manual(server(workers=2, master_setup=sigpipe_default))
         srv.kill_worker(0)
         srv.kill_worker(1)
         with srv.connect() as client:
@@ -417,13 +406,7 @@ class FdPassingSuite(SuiteBase):
     def test_invalid_worker_count(self, server: StartServer, workers: cases.Case) -> None:
         srv = server(upto="listening")
         fds, ipc = fd_counts(srv, ["master"]), srv.ipc_objects()
-        raised: Exception | None = None
-        try:
-            srv.call("open_channels", workers.value)
-        except HarnessError:
-            raise
-        except Exception as exc:
-            raised = exc
+        raised = raised_by(lambda: srv.call("open_channels", workers.value))
         assert raised is not None, f"open_channels({workers.label}) returned without raising"
         # Either type says "bad count" clearly (SP-07 accepts both for a port, too).
         assert isinstance(raised, (ValueError, TypeError)), (

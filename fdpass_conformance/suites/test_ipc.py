@@ -1,9 +1,4 @@
-"""IPC: the System V objects a proxy creates, as ``ipcs`` in the server's namespace lists them.
-
-The helpers at the top (a baseline of the master, a setup that stops at the
-first failure, a fault that reports whether it fired) are shared with the
-FLT suite, whose setup faults are judged the same way.
-"""
+"""IPC: the System V objects a proxy creates, as ``ipcs`` in the server's namespace lists them."""
 
 from __future__ import annotations
 
@@ -12,23 +7,29 @@ import contextlib
 import errno
 import os
 import signal
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import psutil
 import pytest
 
 from ..harness.server import HarnessError, ProxyServer, read_reply
-from ..leaks.fds import fd_inventory
-from ..leaks.ipcs import IpcObject
 from ..leaks.ports import port_is_free
 from ..outcomes import not_applicable
-from .applicability import SERVED, known_shortfall, served, traffic
+from .applicability import SERVED, known_shortfall, served, served_each, traffic
 from .base import StartServer, SuiteBase, needs
-from .evidence import describe_reply, free_port, left_hanging
+from .evidence import (
+    Baseline,
+    assert_released,
+    assert_served_each,
+    describe_objects,
+    describe_reply,
+    free_port,
+    left_hanging,
+    trouble,
+)
 from .faultctl import counted_fault
+from .steps import close_quietly, raised_by, setup_until_failure, timed_dispatch
 
 #: Each kind of call that create_socket/open_channels may make, with the errno it is
 #: failed with in the IPC-03 sweep (a plausible one for that call).
@@ -42,149 +43,6 @@ SETUP_CALLS = [
 ]
 #: The sweep stops at the first run that no longer reaches the N-th call, or here.
 MAX_SWEEP = 8
-
-
-# -- shared with the FLT suite ------------------------------------------------
-
-
-def instrument(condition: object, what: str) -> None:
-    """The instrument of this check did not work here (a signal never arrived, say): the
-    requirement could not be checked, which is a skip, not the proxy's outcome."""
-    if not condition:
-        pytest.skip(f"could not be checked here: {what}")
-
-
-def describe_objects(objects: Sequence[IpcObject]) -> str:
-    return "; ".join(o.describe() for o in objects) or "none"
-
-
-def fd_links(pid: int) -> dict[int, str]:
-    """fd -> what it refers to (``socket:[inode]``, ``pipe:[inode]``, a path), cheaply.
-
-    On Linux only the ``/proc/PID/fd`` links are read, without classifying
-    sockets through the socket tables, which is what makes it cheap.
-    """
-    if not sys.platform.startswith("linux"):
-        return {f.fd: f.target for f in fd_inventory(pid)}
-    links: dict[int, str] = {}
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
-            links[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
-    return links
-
-
-@dataclass(frozen=True)
-class FdSnapshot:
-    """The fds of one process: how many, and what they refer to."""
-
-    count: int
-    targets: frozenset[str]
-
-    @classmethod
-    def of(cls, pid: int) -> FdSnapshot:
-        links = fd_links(pid)
-        return cls(len(links), frozenset(links.values()))
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """The master before a step: its fds and the IPC objects."""
-
-    fds: FdSnapshot
-    ipc: tuple[IpcObject, ...]
-
-    @classmethod
-    def take(cls, srv: ProxyServer) -> Baseline:
-        return cls(FdSnapshot.of(master_pid(srv)), tuple(srv.ipc_objects()))
-
-
-def master_pid(srv: ProxyServer) -> int:
-    assert srv.master_pid is not None, "the server has no master"
-    return srv.master_pid
-
-
-def assert_released(srv: ProxyServer, fds: FdSnapshot, ipc: Sequence[IpcObject], what: str) -> None:
-    """The master holds no fd beyond ``fds`` and there is no IPC object beyond ``ipc``."""
-    now = FdSnapshot.of(master_pid(srv))
-    opened = sorted(now.targets - fds.targets)
-    assert not opened and now.count <= fds.count, (
-        f"{what}: the master holds {now.count} fds, {fds.count} before; "
-        f"still open from the step: {', '.join(opened) or 'duplicates of older fds'}"
-    )
-    left = [o for o in srv.ipc_objects() if o not in ipc]
-    assert not left, f"{what}: IPC objects left: {describe_objects(left)}"
-
-
-def setup_until_failure(
-    srv: ProxyServer, inst: int, workers: int, port: int = 0
-) -> tuple[str, Exception | None, FdSnapshot]:
-    """``create_socket``, then ``open_channels`` for an fd-passing proxy, up to the first error.
-
-    Returns (the step that raised, or "" if none did; its exception; the
-    master's fds after the last step that succeeded, which is what the master
-    may still hold after the failure). A hang is not an outcome: the harness
-    error propagates.
-    """
-    pid = master_pid(srv)
-    kept = FdSnapshot.of(pid)
-    try:
-        srv.create_socket(port=port, inst=inst)
-    except HarnessError:
-        raise
-    except Exception as exc:
-        return "create_socket", exc, kept
-    kept = FdSnapshot.of(pid)
-    if srv.instances[inst].fd_passing:
-        try:
-            srv.call("open_channels", workers, inst=inst)
-        except HarnessError:
-            raise
-        except Exception as exc:
-            return "open_channels", exc, kept
-    return "", None, kept
-
-
-def close_quietly(srv: ProxyServer, inst: int = 0) -> Exception | None:
-    """The master's ``close()``; its exception (judged elsewhere) is returned, not raised."""
-    try:
-        srv.call("close", inst=inst, timeout=5.0)
-    except HarnessError:
-        raise
-    except Exception as exc:
-        return exc
-    return None
-
-
-def trouble(srv: ProxyServer, kinds: Sequence[str]) -> str:
-    """The first event of one of ``kinds`` the server's processes reported, in one line, or ""."""
-    srv.events.drain()
-    for e in srv.events.events:
-        if e.kind in kinds:
-            detail = e.detail.get("message") or e.detail
-            return f"{e.role} {e.index} (pid {e.pid}) reported {e.kind}: {detail}"
-    return ""
-
-
-def timed_dispatch(
-    srv: ProxyServer, timeout: float, slack: float, inst: int = 0
-) -> tuple[int | Exception, float]:
-    """One manual ``dispatch(timeout)``: (index or the exception, seconds it took).
-
-    A dispatch still running ``timeout + slack`` seconds later fails the test.
-    """
-    start = time.monotonic()
-    try:
-        outcome: int | Exception = int(
-            srv.request("dispatch", timeout, inst=inst, timeout=timeout + slack)
-        )
-    except HarnessError as exc:
-        raise AssertionError(f"dispatch(timeout={timeout}) did not return: {exc}") from None
-    except Exception as exc:
-        outcome = exc
-    return outcome, time.monotonic() - start
-
-
-# -- IPC ----------------------------------------------------------------------
 
 
 def _bring_up(srv: ProxyServer) -> None:
@@ -261,11 +119,8 @@ class IpcSuite(SuiteBase):
         own = first.ipc_objects()
         if not own:
             not_applicable("no IPC object exists while the first instance serves")
-        try:
-            first.add_instance("serving")
-        except HarnessError:
-            raise
-        except Exception as exc:
+        exc = raised_by(lambda: first.add_instance("serving"))
+        if exc is not None:
             raise AssertionError(
                 f"a second instance in the same process failed to start: {exc!r} "
                 "(both use one fixed IPC key?)"
@@ -316,7 +171,7 @@ class IpcSuite(SuiteBase):
             inst = srv.add_instance("constructed").number
         except HarnessError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # SP-01 judges construction
             pytest.skip(f"precondition failed: constructing the proxy raised {exc!r} (IPC-01)")
         port = free_port()
         base = Baseline.take(srv)
@@ -348,8 +203,7 @@ class IpcSuite(SuiteBase):
     @needs("served")
     def test_queue_removed_while_serving(self, server: StartServer) -> None:
         srv = server(workers=2)
-        for n in range(2):
-            served(srv, f"connection {n} before the queue was removed")
+        served_each(srv, 2, "connection {n} before the queue was removed")
         removed = srv.remove_queue()
         if not removed:
             not_applicable("the proxy has no message queue to remove")
@@ -394,19 +248,13 @@ class IpcSuite(SuiteBase):
     @pytest.mark.requirement("IPC-08")
     @needs("served")
     def test_full_queue_never_holds_dispatch(self, server: StartServer) -> None:
-        srv = server(upto="constructed", workers=2)
-        if not srv.fd_passing:
-            not_applicable("no dispatch: a full queue can hold up only dispatch")
+        srv = server(upto="constructed", workers=2)  # n/a without dispatch: FD_PASSING_ONLY
         try:
             srv.set_ipc_limit("msgmnb", 1)
         except (HarnessError, OSError) as exc:
             pytest.skip(f"cannot set kernel.msgmnb=1 for the server: {exc}")
         _bring_up(srv)
-        for n in range(4):
-            reply = srv.request_reply(timeout=3.0)
-            assert reply.answered, (
-                f"request {n} with a one-byte queue (msgmnb=1) {describe_reply(reply, 3.0)}"
-            )
+        assert_served_each(srv, 4, "with a one-byte queue (msgmnb=1)", timeout=3.0)
         srv.set_auto(False)
         clients = []
         for pid in srv.worker_pids:
@@ -434,8 +282,7 @@ class IpcSuite(SuiteBase):
         # Traffic first, so that objects made lazily exist; a proxy that serves nothing
         # (FP-02's failure) is judged on what its setup made, without waiting on clients.
         serves = known_shortfall(srv, SERVED) is None
-        for n in range(3 if serves else 0):
-            served(srv, f"connection {n}")
+        served_each(srv, 3 if serves else 0, "connection {n}")
         held = srv.hold()[0] if serves else srv.connect()
         with held:
             for index in range(3):
@@ -471,11 +318,7 @@ class IpcSuite(SuiteBase):
                 f"objects: {describe_objects(before)} -> {describe_objects(after)}"
             )
         srv.fork_workers()
-        for n in range(4):
-            reply = srv.request_reply(timeout=3.0)
-            assert reply.answered, (
-                f"request {n} after the forked children ended {describe_reply(reply, 3)}"
-            )
+        assert_served_each(srv, 4, "after the forked children ended", timeout=3.0)
 
     @pytest.mark.requirement("IPC-10")
     @needs("served")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -11,23 +12,21 @@ import psutil
 import pytest
 
 from .. import cases
-from ..harness.server import HarnessError, ProxyServer, read_reply
+from ..harness.server import ProxyServer, read_reply
 from ..leaks.ports import port_is_free
-from ..outcomes import not_applicable
-from .applicability import require_served, served
+from ..outcomes import blocked, not_applicable
+from .applicability import require_served, served, served_each
 from .base import StartServer, SuiteBase, needs
-from .evidence import (
-    assert_fd_counts_flat,
-    describe_reply,
-    fd_counts,
-    free_port,
-    outcome_of,
-    wait_in_accept,
-)
+from .evidence import assert_fd_counts_flat, describe_reply, fd_counts, free_port, wait_in_accept
 from .faultctl import counted_fault
+from .steps import fd_passing_only, outcome_of, raised_by
 
 #: The cases of SP-06, SP-07, SP-18 and SP-19 are in fdpass_conformance/cases.py, the
 #: table docs/spec.md is checked against.
+#: SP-18 and SP-19 judge the same failing steps: each fault of setup, then of dispatch.
+_EACH_FAULT = pytest.mark.parametrize(
+    "fault", (*cases.SETUP_FAULTS, *cases.DISPATCH_FAULTS), ids=lambda f: f.id
+)
 
 
 def _served_by(server: ProxyServer, timeout: float = 5.0) -> int | None:
@@ -61,74 +60,49 @@ def _leaves_nothing(server: ProxyServer, inst: int, call: str, *args: object) ->
     return outcome
 
 
-def _fail_setup(
-    server: ProxyServer, request: pytest.FixtureRequest, call: str, error: str
-) -> OSError:
-    """Set up with the first ``call`` failing; the OSError that setup raised.
-
-    n/a (skipped) when neither ``create_socket`` nor ``open_channels`` makes that call;
-    skipped too when setup succeeded all the same, since then no error was raised to judge.
-    """
-    raised: Exception | None = None
-    with counted_fault(server, request, call, error) as fault:
-        try:
-            server.create_socket()
-            if server.fd_passing:
-                server.call("open_channels", 2)
-        except HarnessError:
-            raise
-        except Exception as exc:
-            raised = exc
-    if not fault.injected:
-        not_applicable(f"create_socket and open_channels make no {call}() call")
-    if raised is None:
-        # Recovering from the failure (another port, a retry) is judged by the
-        # requirements about that failure (SP-04, SP-08, IPC-06, FLT-04), not here.
-        pytest.skip(f"precondition failed: setup succeeded although {call}() failed with {error}")
-    assert isinstance(raised, OSError), (
-        f"{call}() failed with {error} during setup, which gave {raised!r}, not OSError"
-    )
-    return raised
-
-
-def _fail_dispatch(
-    server: ProxyServer, request: pytest.FixtureRequest, call: str, error: str
-) -> OSError:
-    """``dispatch(timeout=2)`` with a client waiting and every ``call`` failing; its OSError.
-
-    Every call fails, so that re-routing the connection to another worker cannot
-    hide the error. No connection needs to be served first: the errno is evidence
-    of its own. n/a for a proxy without dispatch, or whose dispatch makes no such
-    call; skipped when dispatch succeeded all the same (FLT-01 judges that).
-    """
-    if not server.fd_passing:
-        not_applicable("not an fd-passing proxy (no dispatch)")
-    server.set_auto(False)
-    raised: Exception | None = None
-    with server.connect() as client:
-        client.sendall(b"sp18")
-        with counted_fault(server, request, call, error, times=None) as fault:
-            try:
-                server.request("dispatch", 2.0, timeout=7.0)
-            except HarnessError:
-                raise
-            except Exception as exc:
-                raised = exc
-    if not fault.injected:
-        not_applicable(f"dispatch makes no {call}() call")
-    if raised is None:
-        pytest.skip(f"precondition failed: dispatch succeeded although every {call}() failed")
-    assert isinstance(raised, OSError), (
-        f"every {call}() in dispatch failed with {error}, and dispatch raised {raised!r}, "
-        "not OSError"
-    )
-    return raised
-
-
 def _fail(server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault) -> OSError:
-    if fault in cases.DISPATCH_FAULTS:
-        return _fail_dispatch(server(workers=2), request, fault.call, fault.error)
-    return _fail_setup(server(upto="constructed"), request, fault.call, fault.error)
+    """The OSError of the step that ``fault`` makes fail.
+
+    A setup fault fails the first such call of ``create_socket`` (then
+    ``open_channels``). A dispatch fault fails every such call of
+    ``dispatch(timeout=2)`` with a client waiting, so that re-routing the
+    connection to another worker cannot hide the error; no connection needs to
+    be served first, the errno is evidence of its own. n/a when the step makes
+    no such call. A step that succeeds all the same gives no error to judge:
+    recovering from a setup failure is judged by the requirements about that
+    failure (SP-04, SP-08, IPC-06, FLT-04), a dispatch that hides its failure
+    by FLT-01, which blocks this check.
+    """
+    dispatch = fault in cases.DISPATCH_FAULTS
+    srv = server(workers=2) if dispatch else server(upto="constructed")
+    step = "dispatch" if dispatch else "create_socket and open_channels"
+    what = f"{'every' if dispatch else 'the first'} {fault.call}() failed with {fault.error}"
+    if dispatch:
+        fd_passing_only(srv)
+        srv.set_auto(False)
+    with contextlib.ExitStack() as stack:
+        if dispatch:
+            stack.enter_context(srv.connect()).sendall(b"sp18")
+        times = None if dispatch else 1
+        with counted_fault(srv, request, fault.call, fault.error, times=times) as injection:
+            raised = raised_by(lambda: _run(srv, dispatch))
+    if not injection.injected:
+        not_applicable(f"{step} made no {fault.call}() call")
+    if raised is None and dispatch:
+        blocked("FLT-01", f"dispatch succeeded although {what}")
+    if raised is None:
+        pytest.skip(f"precondition failed: {step} succeeded although {what}")
+    assert isinstance(raised, OSError), f"{what} in {step}, which raised {raised!r}, not OSError"
+    return raised
+
+
+def _run(srv: ProxyServer, dispatch: bool) -> None:
+    if dispatch:
+        srv.request("dispatch", 2.0, timeout=7.0)
+        return
+    srv.create_socket()
+    if srv.fd_passing:
+        srv.call("open_channels", 2)
 
 
 class SocketProxySuite(SuiteBase):
@@ -233,8 +207,7 @@ class SocketProxySuite(SuiteBase):
     @needs("served")
     def test_served_by_workers(self, server: StartServer) -> None:
         srv = server(workers=2)
-        for n in range(4):
-            reply = served(srv, f"connection {n}")
+        for reply in served_each(srv, 4, "connection {n}"):
             assert reply.pid != srv.master_pid, "served by the master"
             assert reply.pid in srv.worker_pids, f"served by pid {reply.pid}, not a worker"
 
@@ -313,8 +286,7 @@ class SocketProxySuite(SuiteBase):
     @needs("served")
     def test_fd_counts_flat_over_200_connections(self, server: StartServer) -> None:
         srv = server(workers=2)
-        for n in range(4):
-            served(srv, f"warm-up connection {n}")
+        served_each(srv, 4, "warm-up connection {n}")
         before = fd_counts(srv)
         for n in range(200):
             reply = srv.request_reply()
@@ -342,43 +314,40 @@ class SocketProxySuite(SuiteBase):
         assert not bad, f"{len(bad)} of 64 concurrent clients were not served: {bad[:5]}"
 
     @pytest.mark.requirement("SP-18")
-    @pytest.mark.parametrize("fault", cases.SETUP_FAULTS, ids=lambda f: f.id)
+    @_EACH_FAULT
     def test_errors_keep_the_errno(
         self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
     ) -> None:
         # Only the errno is judged here: what a failed setup leaves behind is
         # IPC-03's (and SP-08's) to judge, not this requirement's.
-        _check_errno(_fail(server, request, fault), fault)
-
-    @pytest.mark.requirement("SP-18")
-    @pytest.mark.parametrize("fault", cases.DISPATCH_FAULTS, ids=lambda f: f.id)
-    def test_dispatch_errors_keep_the_errno(
-        self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
-    ) -> None:
-        _check_errno(_fail(server, request, fault), fault)
+        exc = _fail(server, request, fault)
+        assert exc.errno == getattr(errno, fault.error), (
+            f"injected {fault.error} into {fault.call}, got errno {exc.errno}: {exc}"
+        )
+        if exc.strerror is not None and exc.errno is not None:
+            assert os.strerror(exc.errno) in exc.strerror, (
+                f"injected {fault.error} into {fault.call}: strerror {exc.strerror!r} does not "
+                f"agree with errno {exc.errno} ({os.strerror(exc.errno)})"
+            )
 
     @pytest.mark.requirement("SP-19")
-    @pytest.mark.parametrize("fault", cases.SETUP_FAULTS, ids=lambda f: f.id)
+    @_EACH_FAULT
     def test_errors_name_the_step(
         self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
     ) -> None:
-        _check_named(_fail(server, request, fault), fault)
-
-    @pytest.mark.requirement("SP-19")
-    @pytest.mark.parametrize("fault", cases.DISPATCH_FAULTS, ids=lambda f: f.id)
-    def test_dispatch_errors_name_the_step(
-        self, server: StartServer, request: pytest.FixtureRequest, fault: cases.Fault
-    ) -> None:
-        _check_named(_fail(server, request, fault), fault)
+        exc = _fail(server, request, fault)  # named in the words of any language (cases.py)
+        names = "/".join(cases.STEP_NAMES.get(fault.call, (fault.call,)))
+        assert cases.names_step(str(exc), fault.call), (
+            f"injected {fault.error} into {fault.call}: the message does not name the step "
+            f"(none of {names}): {exc}"
+        )
 
     @pytest.mark.requirement("SP-20")
     @needs("served")
     def test_accepted_sockets_are_blocking_and_cloexec(self, server: StartServer) -> None:
-        srv = server(workers=2)
-        for n in range(4):
-            reply = served(srv, f"connection {n}")
-            assert reply.nonblock is False, "accept() returned a non-blocking socket"
-            assert reply.cloexec is True, "accept() returned an inheritable socket"
+        replies = served_each(server(workers=2), 4, "connection {n}")
+        assert all(r.nonblock is False for r in replies), "accept() returned a non-blocking socket"
+        assert all(r.cloexec is True for r in replies), "accept() returned an inheritable socket"
 
     @pytest.mark.requirement("SP-21")
     def test_the_program_master_reaps_its_workers(self, server: StartServer) -> None:
@@ -395,24 +364,3 @@ class SocketProxySuite(SuiteBase):
             f"worker 0 (pid {pid}) is still a zombie 3 s after it was killed, and its master "
             "answered a request meanwhile: the program's master never reaps its workers"
         )
-
-
-def _check_errno(exc: OSError, fault: cases.Fault) -> None:
-    """SP-18's verdict: the errno is the injected one, and strerror agrees with it."""
-    assert exc.errno == getattr(errno, fault.error), (
-        f"injected {fault.error} into {fault.call}, got errno {exc.errno}: {exc}"
-    )
-    if exc.strerror is not None and exc.errno is not None:
-        assert os.strerror(exc.errno) in exc.strerror, (
-            f"injected {fault.error} into {fault.call}: strerror {exc.strerror!r} does not "
-            f"agree with errno {exc.errno} ({os.strerror(exc.errno)})"
-        )
-
-
-def _check_named(exc: OSError, fault: cases.Fault) -> None:
-    """SP-19's verdict: the message names the failed call, in the words of any language."""
-    names = "/".join(cases.STEP_NAMES.get(fault.call, (fault.call,)))
-    assert cases.names_step(str(exc), fault.call), (
-        f"injected {fault.error} into {fault.call}: the message does not name the step "
-        f"(none of {names}): {exc}"
-    )

@@ -121,8 +121,8 @@ def test_suites_fall_back_to_the_python_layer(
     srv.set_auto(False)
     with srv.connect() as client:
         client.sendall(b"darwin")
-        with faultctl.injected(srv, request, "sendmsg", "ENOBUFS", times=None) as layer:
-            assert layer == "python"
+        with faultctl.counted_fault(srv, request, "sendmsg", "ENOBUFS", times=None) as fault:
+            assert fault.layer == "python"
             with pytest.raises(OSError) as info:
                 srv.dispatch(timeout=2.0)
     assert info.value.errno in (errno.ENOBUFS, errno.EPIPE), info.value
@@ -132,7 +132,7 @@ def test_suites_fall_back_to_the_python_layer(
     skipped = f"cannot inject setsockopt failures here: {re.escape(DARWIN_SYSCALL)}"
     with (
         pytest.raises(pytest.skip.Exception, match=skipped),
-        faultctl.injected(srv, request, "setsockopt", "ENOMEM"),
+        faultctl.counted_fault(srv, request, "setsockopt", "ENOMEM"),
     ):
         pass  # pragma: no cover - the context manager skips before the body
     with pytest.raises(HarnessError, match="need the server's own IPC namespace"):
