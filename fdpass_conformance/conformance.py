@@ -12,7 +12,6 @@ implementation and requirement for the terminal table and the report file.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -24,15 +23,11 @@ from .catalogue import BY_ID
 from .harness.isolation import isolation_mode
 from .report import baseline, files
 from .report.model import Report, RequirementResult, TestOutcome, id_ranges
-from .runstate import BASELINE_KEY, get_impls
-from .suites.base import SUITE_TIMEOUT, requirement_ids
+from .runstate import RunOptions
+from .suites.base import requirement_ids
 
 SHOULD_REASON = "SHOULD-level requirement: reported, fails the run only with --fdpass-strict"
 KNOWN_REASON = "known failure, listed in the --fdpass-baseline"
-
-
-#: How pytest prefixes a skip's reason: "Skipped: " or our outcome's exception type.
-_SKIP_PREFIX = re.compile(r"^(Skipped|[\w.]*\.(Blocked|NotApplicable)): ")
 
 
 def _impl_id(item: pytest.Item) -> str:
@@ -44,15 +39,13 @@ def _impl_id(item: pytest.Item) -> str:
     return str(getattr(factory, "__qualname__", None) or getattr(cls, "__name__", "?"))
 
 
-def _one_line(report: pytest.TestReport) -> str:
-    wasxfail = getattr(report, "wasxfail", None)
-    if wasxfail and report.skipped:
-        return str(wasxfail).removeprefix(SHOULD_REASON + ": ").removeprefix(KNOWN_REASON + ": ")
-    longrepr = report.longrepr
-    if isinstance(longrepr, tuple):  # a skip: (path, lineno, "Skipped: reason")
-        return _SKIP_PREFIX.sub("", str(longrepr[2]))
-    crash = getattr(longrepr, "reprcrash", None)
-    text = getattr(crash, "message", None) or str(longrepr or "")
+def _one_line(exc: BaseException | None, report: pytest.TestReport) -> str:
+    """The reason a report's row shows, taken from the exception that ended the test
+    (a skip's own message, a failure's first line), never parsed back out of the text."""
+    if isinstance(exc, pytest.skip.Exception):
+        return str(exc.msg)
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = getattr(crash, "message", None) or str(report.longrepr or "")
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
@@ -62,7 +55,7 @@ def _fault_layers() -> dict[str, str]:
     return {name: layer.status() for name, layer in LAYERS.items()}
 
 
-def _scale(config: pytest.Config, ids: list[str]) -> float:
+def _scale(options: RunOptions, ids: list[str]) -> float:
     """How many times the default deadline a test may take: FLT-05 grows with its profile.
 
     ``fdpass_timeout`` is sized for the default Hypothesis profile; a thorough
@@ -72,24 +65,21 @@ def _scale(config: pytest.Config, ids: list[str]) -> float:
         return 1.0
     from .suites.stateful import profile_scale  # hypothesis only when FLT-05 runs
 
-    return profile_scale(str(config.getoption("fdpass_hypothesis_profile", "default")))
+    return profile_scale(options.hypothesis_profile)
 
 
 class ConformancePlugin:
-    def __init__(self, config: pytest.Config, timeout: float, *, late: bool = False) -> None:
+    def __init__(self, config: pytest.Config, options: RunOptions, *, late: bool = False) -> None:
         """``late``: registered after collection (a ContractSuite subclass run without
         --fdpass-impl): the collection is the user's, and the header is printed
         with the summary instead, since pytest printed its own header already."""
         self.config = config
         self.late = late
-        self.strict: bool = config.getoption("fdpass_strict")
-        self.only: tuple[str, ...] = tuple(p.upper() for p in config.getoption("fdpass_only"))
-        self.report_paths: list[str] = config.getoption("fdpass_report")
-        self.timeout = timeout
+        self.options = options
+        self.strict = options.strict
         self.report = Report(self.strict, isolation_mode(), _fault_layers())
-        self.report.baseline = config.stash.get(BASELINE_KEY, None)
-        self.report.baseline_strict = bool(config.getoption("fdpass_baseline_strict"))
-        self.baseline_write: str | None = config.getoption("fdpass_baseline_write")
+        self.report.baseline = options.baseline
+        self.report.baseline_strict = options.baseline_strict
         if not late and config.args_source != pytest.Config.ArgsSource.ARGS:
             # No paths on the command line: the suites alone, not testpaths or the
             # current directory. With paths, the user runs their own tests (the
@@ -100,7 +90,7 @@ class ConformancePlugin:
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         impls = "; ".join(
             f"{i.id}: {i.language}" + (f", adapter protocol {i.protocol}" if i.protocol else "")
-            for i in get_impls(config)
+            for i in self.options.impls
         )
         return [f"fdpass: implementations: {impls}", *self._run_lines()]
 
@@ -125,14 +115,14 @@ class ConformancePlugin:
             if not ids:
                 keep.append(item)
                 continue
-            if self.only and not any(i.startswith(p) for i in ids for p in self.only):
+            if not any(self.options.selects(i) for i in ids):
                 dropped.append(item)
                 continue
             item.user_properties += [("requirement", i) for i in ids]
             item.user_properties.append(("fdpass_impl", _impl_id(item)))
-            marker = item.get_closest_marker("timeout")
-            if timeouts and (marker is None or marker.args == (SUITE_TIMEOUT,)):
-                item.add_marker(pytest.mark.timeout(self.timeout * _scale(config, ids)))
+            if timeouts and item.get_closest_marker("timeout") is None:  # the test's own wins
+                deadline = self.options.timeout * _scale(self.options, ids)
+                item.add_marker(pytest.mark.timeout(deadline))
             keep.append(item)
         if dropped:
             config.hook.pytest_deselected(items=dropped)
@@ -150,7 +140,9 @@ class ConformancePlugin:
             return report
         exc = call.excinfo.value if call.excinfo is not None else None
         outcome, blocked_by = outcomes.classify(exc, report.failed)
+        reason = _one_line(exc, report)
         if outcome == "blocked" and report.failed:  # MissingMethod escaped a check
+            reason = str(exc)
             report.outcome = "skipped"
             report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {exc}")
         if outcome:
@@ -160,9 +152,8 @@ class ConformancePlugin:
         if exc is not None and outcome in ("fail", "error") and call.excinfo is not None:
             text = outcomes.details(exc, call.excinfo.tb)
             report.user_properties.append((outcomes.DETAILS, text))
-            waited = outcomes.timeout_reason(exc, call.excinfo.tb)
-            if waited:
-                report.user_properties.append((outcomes.REASON, waited))
+            reason = outcomes.timeout_reason(exc, call.excinfo.tb) or reason
+        report.user_properties.append((outcomes.REASON, reason))
         if (
             not self.strict
             and outcome == "fail"
@@ -170,7 +161,7 @@ class ConformancePlugin:
             and all(BY_ID[i].level == "SHOULD" for i in ids if i in BY_ID)
         ):
             report.outcome = "skipped"
-            report.wasxfail = f"{SHOULD_REASON}: {_one_line(report)}"
+            report.wasxfail = f"{SHOULD_REASON}: {reason}"
         return report
 
     @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_makereport")
@@ -195,7 +186,7 @@ class ConformancePlugin:
             and set(ids) <= known.for_impl(str(props.get("fdpass_impl", "")))
         ):
             report.outcome = "skipped"
-            report.wasxfail = f"{KNOWN_REASON}: {_one_line(report)}"
+            report.wasxfail = f"{KNOWN_REASON}: {props.get(outcomes.REASON, '')}"
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -220,7 +211,7 @@ class ConformancePlugin:
                 TestOutcome(
                     report.nodeid,
                     outcome,
-                    str(props.get(outcomes.REASON) or _one_line(report)),
+                    str(props.get(outcomes.REASON, "")),
                     layer,
                     str(props.get(outcomes.BLOCKED_BY, "")),
                     str(props.get(outcomes.DETAILS, "")),
@@ -258,12 +249,13 @@ class ConformancePlugin:
                     f"{self.report.baseline.source if self.report.baseline else ''}",
                     **({"red": True} if self.report.baseline_strict else {"yellow": True}),
                 )
-        for path in self.report_paths if self.report.impls else []:
+        for path in self.options.report_paths if self.report.impls else []:
             files.write(self.report, path)
             tr.write_line(f"fdpass report written to {path}")
-        if self.baseline_write and self.report.impls:
-            baseline.write(self.report, self.baseline_write)
-            tr.write_line(f"fdpass baseline written to {self.baseline_write}")
+        write_to = self.options.baseline_write
+        if write_to and self.report.impls:
+            baseline.write(self.report, write_to)
+            tr.write_line(f"fdpass baseline written to {write_to}")
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

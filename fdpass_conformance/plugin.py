@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fdpass_conformance.loading import ImplError, ImplSpec, load_impl, unique_ids
-from fdpass_conformance.runstate import BASELINE_KEY, IMPLS_KEY, get_impls
+from fdpass_conformance.report.baseline import Baseline
+from fdpass_conformance.runstate import DEFAULT_TIMEOUT, RUN_KEY, RunOptions, get_impls
 
 if TYPE_CHECKING:
     from fdpass_conformance.conformance import ConformancePlugin
@@ -23,9 +24,6 @@ pytest_plugins = [
     "fdpass_conformance.fixtures.leaks",
     "fdpass_conformance.fixtures.server",
 ]
-
-#: Default per-test timeout of contract tests, in seconds (ini ``fdpass_timeout``).
-DEFAULT_TIMEOUT = 60.0
 
 REQUIREMENT_MARKER = (
     "requirement(*ids): the contract requirement IDs a test checks, e.g. "
@@ -115,6 +113,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", NEEDS_MARKER)
     if config.option.help:
         return  # --help must work even when an --fdpass-impl value is broken
+    options = _validated(config)
+    config.stash[RUN_KEY] = options
+    if options.impls:
+        from fdpass_conformance.conformance import ConformancePlugin
+
+        config.pluginmanager.register(ConformancePlugin(config, options), CONFORMANCE)
+    else:
+        config.pluginmanager.register(SuiteGate(config, options), "fdpass-suite-gate")
+
+
+def _validated(config: pytest.Config) -> RunOptions:
+    """The one run-options object, or a UsageError listing every problem, one per line."""
     impls: list[ImplSpec] = []
     problems: list[str] = []
     for spec in dict.fromkeys(config.getoption("fdpass_impl")):  # once per distinct value
@@ -122,20 +132,26 @@ def pytest_configure(config: pytest.Config) -> None:
             impls.append(load_impl(spec))
         except ImplError as exc:
             problems.append(str(exc))
+    timeout = DEFAULT_TIMEOUT
     try:
         timeout = fdpass_timeout(config)
     except ValueError as exc:
         problems.append(str(exc))
-    problems += _check_run_options(config)
+    baseline, more = _check_run_options(config)
+    problems += more
     if problems:
         raise pytest.UsageError(*problems)
-    config.stash[IMPLS_KEY] = unique_ids(impls)
-    if impls:
-        from fdpass_conformance.conformance import ConformancePlugin
-
-        config.pluginmanager.register(ConformancePlugin(config, timeout), CONFORMANCE)
-    else:
-        config.pluginmanager.register(SuiteGate(config, timeout), "fdpass-suite-gate")
+    return RunOptions(
+        impls=tuple(unique_ids(impls)),
+        timeout=timeout,
+        strict=bool(config.getoption("fdpass_strict")),
+        only=tuple(p.upper() for p in config.getoption("fdpass_only")),
+        report_paths=tuple(config.getoption("fdpass_report")),
+        baseline=baseline,
+        baseline_strict=bool(config.getoption("fdpass_baseline_strict")),
+        baseline_write=config.getoption("fdpass_baseline_write"),
+        hypothesis_profile=str(config.getoption("fdpass_hypothesis_profile")),
+    )
 
 
 #: The name the conformance plugin object is registered under.
@@ -152,16 +168,16 @@ class SuiteGate:
     the first report that a worker's conformance plugin marked.
     """
 
-    def __init__(self, config: pytest.Config, timeout: float) -> None:
+    def __init__(self, config: pytest.Config, options: RunOptions) -> None:
         self.config = config
-        self.timeout = timeout
+        self.options = options
         self.plugin: ConformancePlugin | None = None
 
     def _start(self) -> ConformancePlugin:
         from fdpass_conformance.conformance import ConformancePlugin
 
         if self.plugin is None:
-            self.plugin = ConformancePlugin(self.config, self.timeout, late=True)
+            self.plugin = ConformancePlugin(self.config, self.options, late=True)
             self.config.pluginmanager.register(self.plugin, CONFORMANCE)
         return self.plugin
 
@@ -186,11 +202,12 @@ def _is_suite_item(item: pytest.Item) -> bool:
     return base is not None and isinstance(cls, type) and issubclass(cls, base.SuiteBase)
 
 
-def _check_run_options(config: pytest.Config) -> list[str]:
+def _check_run_options(config: pytest.Config) -> tuple[Baseline | None, list[str]]:
     from fdpass_conformance.catalogue import select
     from fdpass_conformance.report.files import check_path
 
     problems = []
+    loaded: Baseline | None = None
     only = config.getoption("fdpass_only")
     if only:
         try:
@@ -206,12 +223,12 @@ def _check_run_options(config: pytest.Config) -> list[str]:
         from fdpass_conformance.report import baseline
 
         try:
-            config.stash[BASELINE_KEY] = baseline.load(path)
+            loaded = baseline.load(path)
         except baseline.BaselineError as exc:
             problems.append(str(exc))
     elif config.getoption("fdpass_baseline_strict"):
         problems.append("--fdpass-baseline-strict: no --fdpass-baseline=PATH to hold to")
-    return problems
+    return loaded, problems
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,6 +16,7 @@ from ..catalogue import BY_ID, applicable, applicable_classes
 from ..fixtures.server import ProxyServerFactory
 from ..harness.server import ProxyServer
 from ..outcomes import blocked, not_applicable
+from ..runstate import run_options
 from .applicability import CONSTRUCTED, facts_for
 
 #: ``@needs("served")``: the check needs a connection served end to end; when the
@@ -27,18 +28,11 @@ class StartServer(Protocol):
     def __call__(self, *, upto: str = ..., **options: Any) -> ProxyServer: ...
 
 
-#: Deadline of every suite test that sets none, also outside the plugin's run
-#: (a ContractSuite subclass); the plugin replaces it with the ini fdpass_timeout.
-SUITE_TIMEOUT = 60.0
-
-
 def requirement_ids(item: pytest.Item) -> list[str]:
     return [str(a) for m in item.iter_markers("requirement") for a in m.args]
 
 
 class SuiteBase:
-    pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.timeout(SUITE_TIMEOUT)]
-
     #: The implementation's zero-argument factory; subclasses set it.
     factory: ClassVar[Callable[[], object] | None] = None
 
@@ -67,12 +61,12 @@ class SuiteBase:
             not_applicable("not an fd-passing proxy (no dispatch)")
         marks = request.node.iter_markers("fdpass_needs")
         wanted = [CONSTRUCTED, *(str(a) for m in marks for a in m.args)]
-        only = [p.upper() for p in request.config.getoption("fdpass_only", ())]
+        options = run_options(request.config)
         for name in wanted:
             short = facts.shortfalls.get(name)
             if short is None or short.owner in ids:
                 continue
-            if only and not any(short.owner.startswith(p) for p in only):
+            if not options.selects(short.owner):
                 continue  # its owner is not in this run: the check shows the cause itself
             blocked(short.owner, short.why)
 

@@ -12,6 +12,7 @@ from hypothesis import seed
 from hypothesis.stateful import run_state_machine_as_test
 
 from ...contract import is_fd_passing
+from ...runstate import run_options
 from .invariants import InvariantViolation, first_line
 from .machine import ProxyMachine
 from .profiles import FIXED_SEED, resolve_profile
@@ -47,7 +48,7 @@ def run_stateful(
     depends on timing), the shortest failing example seen is reported instead,
     with a note saying so.
     """
-    name = profile or str(request.config.getoption("fdpass_hypothesis_profile", "default"))
+    name = profile or run_options(request.config).hypothesis_profile
     real, chosen = resolve_profile(name)
     if seed_value is None:
         seed_value = request.config.getoption("hypothesis_seed", None)
