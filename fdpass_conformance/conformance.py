@@ -21,7 +21,7 @@ import pytest
 from . import outcomes
 from .catalogue import BY_ID
 from .harness.isolation import isolation_mode
-from .report import baseline, files
+from .report import files
 from .report.model import Report, RequirementResult, TestOutcome, id_ranges
 from .runstate import RunOptions
 from .suites.base import requirement_ids
@@ -254,7 +254,7 @@ class ConformancePlugin:
             tr.write_line(f"fdpass report written to {path}")
         write_to = self.options.baseline_write
         if write_to and self.report.impls:
-            baseline.write(self.report, write_to)
+            files.write_baseline(self.report, write_to)
             tr.write_line(f"fdpass baseline written to {write_to}")
 
     @pytest.hookimpl(trylast=True)

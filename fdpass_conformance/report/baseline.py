@@ -104,14 +104,3 @@ def to_text(report: Report) -> str:
         req = BY_ID[rid]
         lines.append(f"{rid:<7} # {req.level} {req.title} ({', '.join(impls)})")
     return "\n".join(lines) + "\n"
-
-
-def write(report: Report, path: str) -> None:
-    """``.json``: the whole report (a per-implementation baseline); otherwise a plain list."""
-    from . import files
-
-    if Path(path).suffix.lower() == ".json":
-        files.write(report, path)
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(to_text(report), encoding="utf-8")

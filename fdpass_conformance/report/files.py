@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .baseline import to_text
 from .html import to_html
 from .markdown import to_markdown
 from .model import Report
@@ -34,3 +35,12 @@ def render(report: Report, suffix: str) -> str:
 def write(report: Report, path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(render(report, Path(path).suffix.lower()), encoding="utf-8")
+
+
+def write_baseline(report: Report, path: str) -> None:
+    """``.json``: the whole report (a per-implementation baseline); otherwise a plain list."""
+    if Path(path).suffix.lower() == ".json":
+        write(report, path)
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(to_text(report), encoding="utf-8")
