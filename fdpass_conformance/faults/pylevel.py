@@ -47,7 +47,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import Any
 
 from fdpass_conformance.faults.errors import errno_name, parse_errno
@@ -221,12 +221,7 @@ class PatchedErrno:
     def __enter__(self) -> PatchedErrno:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def __repr__(self) -> str:

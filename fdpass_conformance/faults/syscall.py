@@ -55,7 +55,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import TracebackType
 from typing import IO
 
 from fdpass_conformance.faults.errors import FaultUnavailable, errno_name, parse_errno
@@ -380,12 +379,7 @@ class SyscallFault:
         self.attach()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.detach()
 
     def __repr__(self) -> str:

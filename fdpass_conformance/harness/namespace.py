@@ -31,7 +31,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Final, NamedTuple
 
 from fdpass_conformance.processes import call_in_child
@@ -485,12 +484,7 @@ class NamespaceHandle:
     def __enter__(self) -> NamespaceHandle:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

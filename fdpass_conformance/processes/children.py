@@ -22,7 +22,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Literal, NoReturn
 
 from .fork import CRASHED, die_with_parent, flush_std, quiet_fork, reset_signals
@@ -190,12 +189,7 @@ class WorkerGroup:
     def __enter__(self) -> WorkerGroup:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def _spawn(self, index: int, target: Callable[[int], object]) -> None:
