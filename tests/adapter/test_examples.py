@@ -35,9 +35,10 @@ PHP_EXTENSIONS = {"sockets", "sysvmsg", "pcntl", "posix"}
 
 #: What -DBROKEN_NO_ERRNO breaks: error replies carry no errno (as from a library whose
 #: exceptions have none), so every requirement that names the errno of a failure fails,
-#: each on its own check (FLT-01 compares the errno of a failed sendmsg too); nothing is
+#: each on its own check (FLT-01 compares the errno of a failed sendmsg too, and FLT-05's
+#: dispatch-outcome invariant applies FLT-01's rule to the faults it injects); nothing is
 #: blocked and nothing else fails.
-C_NO_ERRNO_BREAKS = {"SP-08", "SP-18", "IPC-06", "FLT-01", "FLT-02", "FLT-04"}
+C_NO_ERRNO_BREAKS = {"SP-08", "SP-18", "IPC-06", "FLT-01", "FLT-02", "FLT-04", "FLT-05"}
 #: What -DBROKEN_NO_CLOEXEC breaks: received connections are inheritable.
 C_TWIN_BREAKS = {"FP-05", "SP-20"}
 #: What masterproxy-broken.php breaks: the seed's 0666 queue.
