@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from forkkit import (
     Lab,
+    Workers,
     expect_eof,
     fd_count,
     full_fd_table,
@@ -227,15 +228,7 @@ def test_idle_first_ignores_stale_token_of_worker_busy_after_round_robin(lab: La
     released and posts its token. Now x is busy and y idle: the next
     connection must go to y.
     """
-    proxy, listener, port, qid = master(lab, 2)
-    pool = lab.workers(proxy, listener, 2)
-    assert tokens_reach(qid, 2), tokens_state(qid, pool.pids)
-    holds: dict[int, socket.socket] = {}
-    for _ in range(2):
-        conn = lab.connect(port, b"hold")
-        index = proxy.dispatch(listener, timeout=5.0)
-        assert int(read_line(conn)) == pool.pids[index]
-        holds[index] = conn
+    proxy, listener, port, qid, pool, holds = _both_workers_holding(lab)
     assert sorted(holds) == [0, 1], "both idle workers should have been chosen by token"
     assert queue_messages(qid) == 0
     third = lab.connect(port, b"hold")
@@ -262,15 +255,7 @@ def test_worker_with_a_connection_queued_posts_no_idle_token(lab: Lab) -> None:
     Such a token would be stale at once: the master would read it and drop it,
     a msgsnd and a msgrcv per connection for nothing (docs/performance.md).
     """
-    proxy, listener, port, qid = master(lab, 2)
-    pool = lab.workers(proxy, listener, 2)
-    assert tokens_reach(qid, 2), tokens_state(qid, pool.pids)
-    holds: dict[int, socket.socket] = {}
-    for _ in range(2):
-        conn = lab.connect(port, b"hold")
-        index = proxy.dispatch(listener, timeout=5.0)
-        assert int(read_line(conn)) == pool.pids[index]
-        holds[index] = conn
+    proxy, listener, port, qid, pool, holds = _both_workers_holding(lab)
     assert queue_messages(qid) == 0
     third = lab.connect(port, b"hold")
     x = proxy.dispatch(listener, timeout=5.0)  # no token: round-robin, queued in x's channel
@@ -474,3 +459,19 @@ def test_dispatch_full_channel_times_out_within_timeout(lab: Lab, high_fds: bool
     )
     assert out["seconds"] < 2.0
     assert out["client"] in ("eof", "reset"), f"the refused client saw {out['client']}"
+
+
+def _both_workers_holding(
+    lab: Lab,
+) -> tuple[MasterProxy, socket.socket, int, int, Workers, dict[int, socket.socket]]:
+    """Two workers, each chosen by its idle token and now holding a connection: no token left."""
+    proxy, listener, port, qid = master(lab, 2)
+    pool = lab.workers(proxy, listener, 2)
+    assert tokens_reach(qid, 2), tokens_state(qid, pool.pids)
+    holds: dict[int, socket.socket] = {}
+    for _ in range(2):
+        conn = lab.connect(port, b"hold")
+        index = proxy.dispatch(listener, timeout=5.0)
+        assert int(read_line(conn)) == pool.pids[index]
+        holds[index] = conn
+    return proxy, listener, port, qid, pool, holds
