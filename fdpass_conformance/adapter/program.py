@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
-from ..processes import exec_dies_with_parent
+from ..processes import describe_status, exec_dies_with_parent
 from .procfs import fd_target, process_end, socket_target
 from .wire import (
     ENV_PROTOCOL,
@@ -112,15 +112,6 @@ class Hello:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(sig).name}"
-        return f"killed by signal {sig}"
-    return f"exit status {os.WEXITSTATUS(status)}"
 
 
 def _recv_hello(chan: Channel, deadline: float) -> Hello:

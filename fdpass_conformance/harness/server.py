@@ -26,7 +26,7 @@ from ..contract import ProtocolType
 from ..leaks.fds import FdInfo, fd_inventory
 from ..leaks.ipcs import IpcObject, list_ipc_objects, parse_ipcs, remove_ipc_object
 from ..outcomes import not_applicable
-from ..processes import fork_child, kill_tree
+from ..processes import describe_status, fork_child, kill_tree
 from . import namespace
 from .backends import backend_for
 from .errors import HarnessError as HarnessError  # its home for the suites' imports
@@ -508,11 +508,7 @@ class ProxyServer:
 
     def _describe_status(self) -> str:
         s = self._master_status
-        if s is None:
-            return "unknown"
-        if os.WIFSIGNALED(s):
-            return f"killed by {signal.Signals(os.WTERMSIG(s)).name}"
-        return f"exit {os.WEXITSTATUS(s)}"
+        return "unknown" if s is None else describe_status(s)
 
     def _pitfall(self) -> str:
         """A known cause of this death, when the status points at one."""

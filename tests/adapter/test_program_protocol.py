@@ -30,7 +30,6 @@ from fdpass_conformance.adapter.program import (
     _call,
     _recv_hello,
     default_deadline,
-    describe_status,
     still_holds,
 )
 from fdpass_conformance.adapter.wire import Channel, ProgramError, ProtocolViolation
@@ -96,12 +95,6 @@ def test_a_good_hello() -> None:
     assert hello.fd_passing
     worker = Hello.parse(_hello(protocol=1, role="worker", pid=11, index=2))
     assert (worker.index, worker.fd_passing) == (2, False)
-
-
-def test_status_descriptions() -> None:
-    assert describe_status(3 << 8) == "exit status 3"
-    assert describe_status(signal.SIGKILL) == "killed by SIGKILL"
-    assert describe_status(int(signal.SIGRTMIN) + 5) == f"killed by signal {signal.SIGRTMIN + 5}"
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ name and not a message.
 from __future__ import annotations
 
 import os
-import signal
 
 from ...faults.errors import errno_name
 from ...harness.server import ShutdownReport
+from ...processes import describe_status
 from .clients import Client
 
 INV_MASTER = "master-alive"
@@ -94,13 +94,13 @@ def left_after_close(
     problems.extend(close_errors)
     status = report.master_status
     if status is not None and (os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0):
-        problems.append(f"the master ended with {_status(status)}")
+        problems.append(f"the master ended with {describe_status(status)}")
     if fd_passing:  # a shared listener gives workers nothing to notice the close by
         for pid, wstatus in sorted(report.worker_statuses.items()):
             if pid in pids and pid not in killed and os.WIFSIGNALED(wstatus):
                 problems.append(
                     f"worker pid {pid} did not leave after the master's close() "
-                    f"(it had to be {_status(wstatus)}; FP-11)"
+                    f"(it had to be {describe_status(wstatus)}; FP-11)"
                 )
     return problems
 
@@ -113,9 +113,3 @@ def describe_exc(exc: BaseException) -> str:
 
 def first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def _status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit {os.WEXITSTATUS(status)}"

@@ -26,6 +26,7 @@ from hypothesis.stateful import (
 
 from ...harness.server import HarnessError, ProxyServer, ServerOptions
 from ...leaks.fds import fd_count, fd_inventory, fd_links
+from ...processes import describe_status
 from ..evidence import hidden_errno, wait_until
 from ..faultctl import counted_fault
 from ..steps import sigpipe_default
@@ -40,7 +41,6 @@ from .invariants import (
     INV_WORKER_FDS,
     INV_WORKERS,
     InvariantViolation,
-    _status,
     describe_exc,
     first_line,
     left_after_close,
@@ -266,7 +266,7 @@ class ProxyMachine(ProxyModel, RuleBasedStateMachine):
                 f"worker pid {e.pid}: {e.detail.get('type')}: {e.detail.get('message')}"
                 for e in crashes
             )
-            statuses = ", ".join(f"pid {p}: {_status(s)}" for p, s in sorted(gone.items()))
+            statuses = ", ".join(f"pid {p}: {describe_status(s)}" for p, s in sorted(gone.items()))
             self._violate(
                 INV_WORKERS,
                 f"worker(s) exited without being killed ({statuses})"
