@@ -18,23 +18,21 @@ from .evidence import FdSnapshot, master_pid
 
 
 def outcome_of(call: Callable[[], object]) -> object:
-    """What a call gave: its return value, or the exception it raised, so that a check
-    can say what came instead of what it awaited (pytest.raises only says "DID NOT RAISE")."""
+    """What a call gave: its return value, or the exception the implementation raised,
+    so that a check can say what came instead of what it awaited (pytest.raises only
+    says "DID NOT RAISE"). A hang or a dead master is no answer: HarnessError propagates."""
     try:
         return call()
+    except HarnessError:
+        raise
     except Exception as exc:
         return exc
 
 
 def raised_by(call: Callable[[], object]) -> Exception | None:
     """The exception the implementation raised in ``call``, None if it returned."""
-    try:
-        call()
-    except HarnessError:
-        raise
-    except Exception as exc:
-        return exc
-    return None
+    outcome = outcome_of(call)
+    return outcome if isinstance(outcome, Exception) else None
 
 
 def fd_passing_only(srv: ProxyServer) -> None:
