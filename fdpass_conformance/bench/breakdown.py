@@ -25,7 +25,6 @@ import functools
 import math
 import os
 import select
-import signal
 import socket
 import statistics
 import struct
@@ -35,7 +34,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from ..loading import ImplError, load_impl
-from ..processes import fork_child
+from ..processes import fork_child, kill_and_reap, wait_pid
 
 PROG = "fdpass-bench-breakdown"
 STAMPS = struct.Struct("=dd")
@@ -139,10 +138,7 @@ def measure(spec: str, workers: int, count: int) -> list[float]:
             os.close(w)
         proxy.close()
         for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+            kill_and_reap(pid)
     return [statistics.median(row[j] for row in rows) * 1e6 for j in range(5)]
 
 
@@ -177,8 +173,9 @@ def measure_floor(count: int) -> float:
             a.send(b"e")
     finally:
         a.close()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+        # the receiver returns on b"e" or on EOF; a stuck one is killed after the deadline
+        with contextlib.suppress(ChildProcessError, TimeoutError):
+            wait_pid(pid, TIMEOUT)
     return statistics.median(vals) * 1e6
 
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..processes import fork_child
+from ..processes import fork_child, kill_and_reap, wait_pid
 from .procstat import own_cpu_seconds
 from .servers import ANSWER
 
@@ -181,10 +181,7 @@ def run_clients(
         for fd, pid in pipes.items():
             with contextlib.suppress(OSError):
                 os.close(fd)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+            kill_and_reap(pid)
     results: list[ClientResult] = []
     timed_out = 0
     for data in raw:
@@ -354,7 +351,8 @@ def floor_phase(
         sender_end.close()
         receiver_end.close()
         if receiver_pid > 0:
-            _reap(receiver_pid, 2.0)
+            with contextlib.suppress(TimeoutError, ChildProcessError):  # killed past 2 s
+                wait_pid(receiver_pid, 2.0)
     rate_phase = PhaseResult(
         phase.connections,
         phase.errors,
@@ -366,22 +364,6 @@ def floor_phase(
     )
     lat_phase = PhaseResult(0, 0, "", 0.0, 0.0, 0.0, phase.latencies)
     return rate_phase, lat_phase
-
-
-def _reap(pid: int, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if done:
-            return
-        time.sleep(0.002)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
 
 
 def describe(obj: Any) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..contract import is_fd_passing
 from ..harness import namespace
-from ..processes import fork_child
+from ..processes import describe_exit, fork_child, kill_and_reap
 
 #: A worker's answer: its pid and the CLOCK_MONOTONIC time at which ``accept`` returned,
 #: followed by the request it echoes.
@@ -75,10 +75,9 @@ class ServerHandle:
         # The master is a zombie or still alive, so its group id cannot be reused: safe.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.master_pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            _, status = os.waitpid(self.master_pid, 0)
-            if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0:
-                forced.append(f"{self.label}: master exited with status {os.WEXITSTATUS(status)}")
+        code = kill_and_reap(self.master_pid)
+        if code is not None and code > 0:
+            forced.append(f"{self.label}: master ended with {describe_exit(code)}")
         return forced
 
 
@@ -214,13 +213,11 @@ def _shut(proxy: Any, pids: list[int], fd_passing: bool) -> None:
             pids = [p for p in pids if not _reaped(p)]
             time.sleep(0.005)
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+        kill_and_reap(pid)
 
 
 def _reaped(pid: int) -> bool:
+    """Ended and reaped now, or already reaped elsewhere (a proxy that ignores SIGCHLD)."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -253,10 +250,7 @@ def _fork_workers(
             got += len(chunk)
     except BaseException:
         for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+            kill_and_reap(pid)
         raise
     finally:
         os.close(ready_r)

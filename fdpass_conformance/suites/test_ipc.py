@@ -16,6 +16,7 @@ import pytest
 from ..harness.server import HarnessError, ProxyServer, read_reply
 from ..leaks.ports import port_is_free
 from ..outcomes import not_applicable
+from ..processes import describe_exit
 from .applicability import SERVED, known_shortfall, served, served_each, traffic
 from .base import StartServer, SuiteBase, needs
 from .evidence import (
@@ -311,10 +312,10 @@ class IpcSuite(SuiteBase):
             "drop": "dropped the proxy, ran gc.collect() and exited normally (atexit)",
         }
         for action, what in ends.items():
-            status = srv.request("fork_bystander", action, run_atexit=True)
+            code = srv.request("fork_bystander", action, run_atexit=True)
             after = srv.ipc_objects()
             assert after == before, (
-                f"a forked non-worker child that {what} (status {status}) changed the IPC "
+                f"a forked non-worker child that {what} ({describe_exit(code)}) changed the IPC "
                 f"objects: {describe_objects(before)} -> {describe_objects(after)}"
             )
         srv.fork_workers()
