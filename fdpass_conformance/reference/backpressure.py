@@ -46,12 +46,9 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from . import channel
-
-if TYPE_CHECKING:
-    from .master import MasterProxy
 
 #: Bytes read (and dropped) from a rejected connection before it is closed, so that
 #: the close sends FIN after the reply instead of RST (unread data triggers RST).
@@ -60,6 +57,26 @@ _POLL_IN = select.POLLIN | select.POLLHUP | select.POLLERR
 
 #: ``on_overflow(conn)``: write a reply to a rejected connection (the master closes it).
 OverflowHandler = Callable[[socket.socket], object]
+
+
+class Channels(Protocol):
+    """What the bounded dispatch shares with its MasterProxy: the worker channels and
+    their counters, and the master's own steps for a send, a token, an accept.
+
+    Declared here so that this module needs nothing from master.py (which
+    imports it), and so a subclass of MasterProxy sees what it must keep.
+    """
+
+    _master_ends: list[socket.socket | None]
+    _dead: set[int]  # workers whose channel refused: skipped
+    _sent: list[int]  # fds sent to each worker
+    _acked: list[int]  # fds each worker had received when it last reported idle
+    _next: int  # the round-robin cursor
+
+    def _send(self, index: int, fd: int, busy: set[int], tag: bytes = ...) -> bool: ...
+    def _pick_token(self, busy: set[int]) -> int | None: ...
+    def _accept(self, listener: socket.socket) -> int: ...
+    def _no_live_worker(self) -> OSError: ...
 
 
 class Backpressure:
@@ -113,7 +130,7 @@ class Backpressure:
         while self.waiting:
             os.close(self.waiting.popleft())
 
-    def dispatch(self, master: MasterProxy, listener: socket.socket, timeout: float | None) -> int:
+    def dispatch(self, master: Channels, listener: socket.socket, timeout: float | None) -> int:
         lfd = listener.fileno()
         if lfd < 0:
             raise OSError(errno.EBADF, "dispatch: the listener is closed")
@@ -142,7 +159,7 @@ class Backpressure:
             if self._wait(master, lfd, busy, deadline):
                 self.waiting.append(master._accept(listener))
 
-    def _pick_free(self, master: MasterProxy, busy: set[int]) -> int | None:
+    def _pick_free(self, master: Channels, busy: set[int]) -> int | None:
         """A live worker below its bound: known idle, else by token, else after reading wakes."""
         index = self._pick_known_idle(master, busy)
         if index is None:
@@ -154,10 +171,10 @@ class Backpressure:
             index = self._pick_below_bound(master, busy)
         return index
 
-    def _free(self, master: MasterProxy, busy: set[int], i: int) -> bool:
+    def _free(self, master: Channels, busy: set[int], i: int) -> bool:
         return not self.wake_pending[i] and i not in master._dead and i not in busy
 
-    def _pick_known_idle(self, master: MasterProxy, busy: set[int]) -> int | None:
+    def _pick_known_idle(self, master: Channels, busy: set[int]) -> int | None:
         n = len(master._master_ends)
         for k in range(n):
             i = (master._next + k) % n
@@ -166,7 +183,7 @@ class Backpressure:
                 return i
         return None
 
-    def _pick_below_bound(self, master: MasterProxy, busy: set[int]) -> int | None:
+    def _pick_below_bound(self, master: Channels, busy: set[int]) -> int | None:
         """The least loaded live worker still below ``max_inflight`` (round-robin among equals)."""
         n = len(master._master_ends)
         best: int | None = None
@@ -180,13 +197,13 @@ class Backpressure:
             master._next = best + 1
         return best
 
-    def _wake_watch(self, master: MasterProxy) -> dict[int, int]:
+    def _wake_watch(self, master: Channels) -> dict[int, int]:
         """The channels of live workers the master waits a wake byte from."""
         owed = enumerate(zip(self.wake_pending, master._master_ends, strict=True))
         chans = [chan for i, (wake, chan) in owed if wake and i not in master._dead]
         return channel.watch(chans, _POLL_IN)
 
-    def _wait(self, master: MasterProxy, lfd: int, busy: set[int], deadline: float | None) -> bool:
+    def _wait(self, master: Channels, lfd: int, busy: set[int], deadline: float | None) -> bool:
         """Wait for a connection, a wake, or a full channel draining; True: the listener is ready.
 
         TimeoutError at the deadline. Wakes and full channels are watched only
@@ -219,7 +236,7 @@ class Backpressure:
                 self._read_wake(master, by_fd[fd])
         return any(fd == lfd for fd, _ in events)
 
-    def _read_wakes(self, master: MasterProxy) -> None:
+    def _read_wakes(self, master: Channels) -> None:
         """Read the wake bytes that have arrived already (no wait)."""
         watch = self._wake_watch(master)
         if watch:
@@ -227,7 +244,7 @@ class Backpressure:
             for fd, _ in channel.poll_until(watch, time.monotonic()):
                 self._read_wake(master, by_fd[fd])
 
-    def _read_wake(self, master: MasterProxy, index: int) -> None:
+    def _read_wake(self, master: Channels, index: int) -> None:
         """Worker ``index`` is idle (a wake byte), or dead (EOF or an error on its channel)."""
         chan = master._master_ends[index]
         assert chan is not None

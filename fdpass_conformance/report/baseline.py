@@ -17,12 +17,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..catalogue import BY_ID
-
-if TYPE_CHECKING:
-    from .model import Report
 
 #: The key of a plain list: its IDs hold for every implementation.
 EVERY = "*"
@@ -84,8 +80,8 @@ def _check_ids(path: str, ids: frozenset[str]) -> None:
         )
 
 
-def to_text(report: Report) -> str:
-    """The failing requirements of this run as a plain baseline, one commented line each.
+def to_text(failing: dict[str, list[str]]) -> str:
+    """A plain baseline, one commented line per failing requirement (``Report.failing``).
 
     A plain list holds for every implementation: with several, it lists what
     any of them fails (write a .json report and use it for per-implementation
@@ -95,11 +91,6 @@ def to_text(report: Report) -> str:
         "# fdpass-conformance baseline: requirements known to fail (--fdpass-baseline).",
         "# Remove a line once its requirement passes; the gate fails on any other failure.",
     ]
-    failing: dict[str, list[str]] = {}
-    for impl in report.impls.values():
-        for res in impl.requirements.values():
-            if res.result == "fail":
-                failing.setdefault(res.requirement.id, []).append(impl.impl)
     for rid, impls in failing.items():
         req = BY_ID[rid]
         lines.append(f"{rid:<7} # {req.level} {req.title} ({', '.join(impls)})")

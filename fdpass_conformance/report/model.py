@@ -147,6 +147,15 @@ class Report:
             return False
         return not any(r.verdict in bad for r in impl.requirements.values())
 
+    def failing(self) -> dict[str, list[str]]:
+        """Requirement ID -> the implementations that fail it (the plain baseline lists it)."""
+        failing: dict[str, list[str]] = {}
+        for impl in self.impls.values():
+            for res in impl.requirements.values():
+                if res.result == "fail":
+                    failing.setdefault(res.requirement.id, []).append(impl.impl)
+        return failing
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": REPORT_VERSION,
