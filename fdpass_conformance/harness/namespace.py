@@ -377,19 +377,16 @@ class NamespaceHandle:
         why this belongs right after ``fork`` (or in ``preexec_fn``).
         """
         ipc_fd, user_fd = self._fds()
-        if user_fd is not None:
+        joins = [(user_fd, CLONE_NEWUSER, "user"), (ipc_fd, CLONE_NEWIPC, "IPC")]
+        for fd, kind, what in joins:  # the user namespace first: it owns the IPC one
+            if fd is None:
+                continue
             try:
-                setns(user_fd, CLONE_NEWUSER)
+                setns(fd, kind)
             except OSError as exc:
                 raise OSError(
-                    exc.errno, f"setns(user namespace) failed: {_errname(exc.errno)}"
+                    exc.errno, f"setns({what} namespace) failed: {_errname(exc.errno)}"
                 ) from None
-        try:
-            setns(ipc_fd, CLONE_NEWIPC)
-        except OSError as exc:
-            raise OSError(
-                exc.errno, f"setns(IPC namespace) failed: {_errname(exc.errno)}"
-            ) from None
 
     def run(self, argv: Sequence[str], timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the namespace, capturing text output; never longer than ``timeout``.
