@@ -123,6 +123,10 @@ SIGPIPE_PITFALL = (
     "sock.sendmsg(buffers, [(SOL_SOCKET, SCM_RIGHTS, fds)], socket.MSG_NOSIGNAL) instead)"
 )
 
+#: Seconds the fixture's teardown lets fd-passing workers leave on EOF before SIGTERM
+#: (checks that judge how workers end call ``shutdown`` with its own grace).
+TEARDOWN_GRACE = 0.5
+
 #: Steps of ``ProxyServer.start``, in order; ``upto`` stops after one of them.
 STEPS = ("constructed", "listening", "channels", "serving")
 
@@ -264,7 +268,9 @@ class ProxyServer:
         self._closed = True
         cleaned: list[str] = []
         try:
-            report = self.shutdown()
+            # Teardown: nothing judges how the workers end here, so the grace before
+            # SIGTERM is short (a worker never sent EOF would cost the whole grace).
+            report = self.shutdown(grace=TEARDOWN_GRACE)
             cleaned += [f"process {pid} killed" for pid in report.processes_left]
             for obj in report.ipc_left:
                 cleaned.append(f"{obj.describe()} removed")
