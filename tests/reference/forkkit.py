@@ -1,4 +1,4 @@
-"""Fork helpers for the tests of the reference proxies (used through conftest.py's ``lab``).
+"""Fork helpers for the tests of the reference proxies (used through tests/conftest.py's ``lab``).
 
 Everything here is real: workers are ``fork()``ed children of the test process
 (which plays the master), connections are loopback TCP, queues are System V

@@ -3,7 +3,7 @@
 The test process is the master unless a test needs to change process-wide
 state (SIGPIPE disposition, RLIMIT_NOFILE, fd numbers): then a forked child
 is the master, in a further IPC namespace of its own so that even a crash
-leaks no queue. The whole module is ``private_ipc`` (see conftest.py): the
+leaks no queue. The whole module is ``private_ipc`` (see tests/conftest.py): the
 idle-token assertions must not see a queue removed by a concurrent suite.
 """
 

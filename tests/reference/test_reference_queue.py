@@ -6,7 +6,7 @@ created" run in a forked child inside a new IPC namespace, where ``ipcs``
 lists only that child's objects. The lifecycle tests (created, removed by
 close(), kept by a child's close(), removed after a failed open_channels) run
 in the machine's own IPC namespace; the two that serve for a while are
-``private_ipc`` (see conftest.py).
+``private_ipc`` (see tests/conftest.py).
 """
 
 from __future__ import annotations
