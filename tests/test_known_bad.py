@@ -7,6 +7,13 @@ report. A module-scoped fixture parses it; then one test per known-bad proxy
 checks that the requirements named in its ``BREAKS`` are reported as failed
 (``fail``, or ``warn`` for SHOULD) and that no other requirement fails, and one
 test per reference checks that it passes everything that applies to it.
+
+Every seed finding's proxy (``SEED_FINDINGS``) and every reference runs every
+suite. The other known-bad proxies run only the suites of the requirement
+classes their metadata names (``Entry.classes``, through the corpus plugin
+``known_bad._select``): "no other requirement fails" is checked within those
+classes, which are where a cascade from a one-step defect lands, and the
+session takes about a third less time.
 Proxies that ``--fdpass-impl`` rejects at configure time are run on their own.
 
 Nothing here constructs a known-bad proxy: their modules are imported only to
@@ -31,6 +38,7 @@ from typing import Any
 
 import psutil
 import pytest
+from known_bad._select import ENV as CLASSES_ENV
 
 from fdpass_conformance.catalogue import BY_ID, REQUIREMENTS
 from fdpass_conformance.processes import exec_dies_with_parent
@@ -46,14 +54,13 @@ SOLO_TIMEOUT = 600
 CORPUS_WORKERS = 4
 #: The inner sessions' Hypothesis profile (tests/known_bad/_profile.py).
 PROFILE_ARGS = ["-p", "known_bad._profile", "--fdpass-hypothesis-profile=fdpass-corpus"]
+#: The inner sessions' selection plugin (tests/known_bad/_select.py).
+SELECT_ARGS = ["-p", "known_bad._select"]
 
-#: One xdist worker runs this whole module (``--dist loadgroup`` in the pytest config):
-#: its corpus session is a module-scoped fixture, and split across two workers it ran
-#: twice at once, each session with CORPUS_WORKERS workers of its own.
-pytestmark = [
-    pytest.mark.timeout(CORPUS_TIMEOUT + 2 * SOLO_TIMEOUT),
-    pytest.mark.xdist_group("known-bad-corpus"),
-]
+#: One xdist worker runs this whole module (tests/conftest.py): its corpus session is a
+#: module-scoped fixture, and split across two workers it ran twice at once, each session
+#: with CORPUS_WORKERS workers of its own (``corpus_run`` now fails if that happens).
+pytestmark = pytest.mark.timeout(CORPUS_TIMEOUT + 2 * SOLO_TIMEOUT)
 
 TESTS_DIR = Path(__file__).resolve().parent
 KNOWN_BAD = TESTS_DIR / "known_bad"
@@ -136,6 +143,17 @@ class Entry:
     def spec(self) -> str:
         return f"known_bad.{self.name}:{self.factory}"
 
+    @property
+    def full_pass(self) -> bool:
+        """A seed finding's proxy runs every suite; the others only their own classes."""
+        return self.name in SEED_FINDINGS.values()
+
+    @property
+    def classes(self) -> frozenset[str]:
+        """The requirement classes (SP, FP, IPC, FLT) its metadata reaches."""
+        named = self.breaks | self.may_break | set(self.blocked) | set(self.blocked.values())
+        return frozenset(BY_ID[rid].cls for rid in named if rid in BY_ID)
+
 
 def _factory_name(name: str, module: ModuleType) -> str:
     explicit = getattr(module, "IMPL", None)
@@ -186,8 +204,9 @@ RUN = [e for e in CORPUS if e.rejected is None]
 REJECTED = [e for e in CORPUS if e.rejected is not None]
 
 
-def _env() -> dict[str, str]:
+def _env(plan: dict[str, list[str]] | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    env[CLASSES_ENV] = json.dumps(plan or {})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
     env.pop("PYTEST_ADDOPTS", None)
     env.pop("PYTEST_XDIST_WORKER", None)
@@ -213,18 +232,26 @@ class CorpusRun:
         )
 
 
-def _session(specs: list[str], workdir: Path, workers: int, timeout: float) -> CorpusRun:
-    """One inner pytest session of every suite against ``specs``; its parsed report."""
+def _plan(entries: list[Entry]) -> dict[str, list[str]]:
+    """spec -> the classes to run, for the entries that do not take the full pass."""
+    return {e.spec: sorted(e.classes) for e in entries if not e.full_pass}
+
+
+def _session(
+    entries: list[Entry], extra: list[str], workdir: Path, workers: int, timeout: float
+) -> CorpusRun:
+    """One inner pytest session: the suites (``Entry.classes``) against ``entries``, every
+    suite against the ``extra`` specs; its parsed report."""
     report = workdir / "report.json"
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", str(workers)]
-    cmd += [f"--fdpass-impl={spec}" for spec in specs]
-    cmd += [f"--fdpass-report={report}", *PROFILE_ARGS]
+    cmd += [f"--fdpass-impl={spec}" for spec in [e.spec for e in entries] + extra]
+    cmd += [f"--fdpass-report={report}", *PROFILE_ARGS, *SELECT_ARGS]
     started = time.monotonic()
     try:
         proc = subprocess.run(
             cmd,
             cwd=workdir,
-            env=_env(),
+            env=_env(_plan(entries)),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -253,6 +280,23 @@ def _session(specs: list[str], workdir: Path, workers: int, timeout: float) -> C
     return CorpusRun(impls, seconds, output)
 
 
+def _claim_the_corpus(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Fail if another xdist worker of this run has started the corpus session already."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return
+    marker = tmp_path_factory.getbasetemp().parent / "known-bad-corpus.started"
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        pytest.fail(
+            f"the corpus session already ran on xdist worker {marker.read_text().strip()}: "
+            f"this module's tests were split over two workers (tests/conftest.py groups them)"
+        )
+    with os.fdopen(fd, "w") as out:
+        out.write(worker)
+
+
 @pytest.fixture(scope="module")
 def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> CorpusRun:
     """One pytest session: every suite against the corpus and the references.
@@ -267,9 +311,10 @@ def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> CorpusRun:
         # Each BREAKS is what the checks see as root on Linux (/proc evidence, IPC
         # namespaces, strace faults, msgmni); elsewhere some skip, so a defect may go unseen.
         pytest.skip("the corpus's expectations are those of root on Linux, where every check runs")
-    specs = [e.spec for e in RUN] + list(REFERENCES)
-    run = _session(specs, tmp_path_factory.mktemp("corpus"), CORPUS_WORKERS, CORPUS_TIMEOUT)
-    print(f"corpus session: {len(specs)} implementations in {run.seconds:.0f}s")
+    _claim_the_corpus(tmp_path_factory)
+    refs = list(REFERENCES)
+    run = _session(RUN, refs, tmp_path_factory.mktemp("corpus"), CORPUS_WORKERS, CORPUS_TIMEOUT)
+    print(f"corpus session: {len(RUN) + len(refs)} implementations in {run.seconds:.0f}s")
     return run
 
 
@@ -323,11 +368,14 @@ def test_known_bad_is_caught(
     (``corpus_unconfirmed``) and warned about, so a racy defect or suite shows.
     """
     results = corpus_run.requirements(entry.spec)
+    ran = {BY_ID[rid].cls for rid, req in results.items() if req["result"] != "not-run"}
+    wanted = {r.cls for r in REQUIREMENTS} if entry.full_pass else entry.classes
+    assert ran == wanted, f"{entry.spec}: ran the classes {sorted(ran)}, not {sorted(wanted)}"
     known = {rid: why for (name, rid), why in SUITE_ISSUES.items() if name == entry.name}
     deviating = _deviations(results, entry)
     if set(deviating) - set(known):
         batch = "; ".join(deviating.values())
-        results = _session([entry.spec], tmp_path, 2, SOLO_TIMEOUT).requirements(entry.spec)
+        results = _session([entry], [], tmp_path, 2, SOLO_TIMEOUT).requirements(entry.spec)
         deviating = _deviations(results, entry)
         if not set(deviating) - set(known):
             record_property("corpus_unconfirmed", batch)
