@@ -166,3 +166,20 @@ def answer_index(sock: socket.socket, timeout: float) -> int | None:
         return Reply.parse(data, "open").index
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
+
+
+def first_answered(socks: list[socket.socket], timeout: float) -> tuple[socket.socket, int] | None:
+    """The first of ``socks`` a worker answers within ``timeout``, with its index.
+
+    Not the oldest: workers may take queued clients in any order (a worker
+    with two listeners, one backlog each, may take the younger client first
+    and hold it), so waiting on one particular client can wait on a worker
+    that is rightly busy.
+    """
+    deadline = time.monotonic() + timeout
+    readable, _, _ = select.select(socks, [], [], timeout)
+    if not readable:
+        return None
+    sock = readable[0]
+    index = answer_index(sock, max(deadline - time.monotonic(), 0.1))
+    return None if index is None else (sock, index)  # None: closed or garbled

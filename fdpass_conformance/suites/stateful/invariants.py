@@ -40,7 +40,7 @@ INVARIANTS: dict[str, str] = {
     INV_DISPATCH: "dispatch() returns a live worker's index, or raises OSError only where the "
     "contract allows it (no live worker, an injected fault, whose errno it carries as FLT-01 "
     "asks), and works again once fds are free",
-    INV_MASTER_FDS: "the master's fd table is back to its baseline after every step",
+    INV_MASTER_FDS: "the master holds no fd beyond its baseline after every step",
     INV_WORKER_FDS: "each live worker holds its baseline fds plus one per client it holds open",
     INV_IPC: "the set of IPC objects (kind and id) is constant while serving",
     INV_TEARDOWN: "after the master's close() no process and no IPC object is left, and every "
