@@ -20,6 +20,7 @@ from typing import ClassVar
 import pytest
 from known_bad.conditional_leak import ConditionalLeakProxy
 
+from fdpass_conformance.leaks.fds import fd_count
 from fdpass_conformance.suites.stateful import (
     FIXED_SEED,
     INV_CLIENT,
@@ -90,3 +91,43 @@ def test_the_reference_passes_the_same_run(request: pytest.FixtureRequest) -> No
     assert run.profile == PROFILE_DEFAULT and run.seed == SEED
     assert run.machine is not None and run.machine.failed is None
     assert not any(name == "fdpass_steps" for name, _ in request.node.user_properties)
+
+
+class ReleasingMasterProxy(MasterProxy):
+    """A correct variant: the master closes a dead worker's channel end at once
+    (the reference keeps it until close()). Its fd table shrinks below the
+    baseline, which is no leak."""
+
+    def _peer_gone(self, index: int, exc: OSError) -> None:
+        super()._peer_gone(index, exc)
+        end = self._master_ends[index]
+        if end is not None:
+            end.close()
+
+
+class ShrinkWatchingMachine(QuickMachine):
+    """Records whether the master ever held fewer fds than at its baseline, so the
+    test below knows the run reached the release it is about."""
+
+    shrank: ClassVar[list[bool]] = []
+
+    def master_fds_flat(self) -> None:
+        srv = self._srv()
+        assert srv.master_pid is not None
+        if fd_count(srv.master_pid) < len(self.master_base):
+            type(self).shrank.append(True)
+        super().master_fds_flat()
+
+
+def test_a_master_releasing_a_dead_workers_channel_passes(
+    request: pytest.FixtureRequest,
+) -> None:
+    run = run_stateful(
+        ReleasingMasterProxy,
+        request,
+        machine=ShrinkWatchingMachine,
+        profile="default",
+        seed_value=SEED,
+    )
+    assert run.machine is not None and run.machine.failed is None
+    assert ShrinkWatchingMachine.shrank, "no step left the master below its baseline fd count"

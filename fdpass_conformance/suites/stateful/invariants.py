@@ -29,7 +29,8 @@ INV_TEARDOWN = "nothing-left-after-close"
 #: Every invariant the machine checks, with what it means.
 INVARIANTS: dict[str, str] = {
     INV_MASTER: "the master answers every control request: it neither dies (SIGPIPE) nor hangs",
-    INV_WORKERS: "no worker exits except those the test killed",
+    INV_WORKERS: "no worker exits except those the test killed (or, cleanly, one an injected "
+    "EPIPE told the master was dead)",
     INV_CLIENT: "every client is answered and closed, or closed (EOF/reset), within the "
     "deadline; none is left hanging",
     INV_LOST: "a request ends without an answer only if no live worker was free to take it, "

@@ -259,8 +259,13 @@ class ProxyMachine(ProxyModel, RuleBasedStateMachine):
         srv = self._srv()
         exited = cast(dict[int, int], self._master("exited", lambda: srv.request("exited")))
         gone = {p: s for p, s in exited.items() if p in self.pids and p not in self.killed_pids}
+        srv.events.drain()
+        crashed = {e.pid for e in srv.events.events if e.kind == "crash"}
+        for pid, status in sorted(gone.items()):
+            if self.written_off and status == 0 and pid not in crashed:
+                self._released(pid)
+                del gone[pid]
         if gone:
-            srv.events.drain()
             crashes = [e for e in srv.events.events if e.kind == "crash" and e.pid in gone]
             detail = "; ".join(
                 f"worker pid {e.pid}: {e.detail.get('type')}: {e.detail.get('message')}"
@@ -272,6 +277,17 @@ class ProxyMachine(ProxyModel, RuleBasedStateMachine):
                 f"worker(s) exited without being killed ({statuses})"
                 + (f"; {detail}" if detail else ""),
             )
+
+    def _released(self, pid: int) -> None:
+        """A worker left cleanly after the master was told (by an injected EPIPE) that
+        it was dead: a master may close that worker's channel end, and the worker
+        then leaves on EOF, as it should. It is gone from now on, as if killed."""
+        worker = self.pids.index(pid)
+        self._note(f"worker {worker} (pid {pid}) left on its own: the master released it")
+        self.written_off -= 1
+        self.workers_left -= 1
+        self.alive.discard(worker)
+        self.killed_pids.add(pid)
 
     def clients_served_or_closed(self) -> None:
         """clients-served-or-closed: once no client is held, no worker is busy, so every
