@@ -19,7 +19,6 @@ Run: ``python -m fdpass_conformance.bench.breakdown [--impl MODULE:ATTR]``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import math
@@ -28,38 +27,19 @@ import select
 import socket
 import statistics
 import struct
-import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
-from ..loading import ImplError, load_impl
+from ..loading import load_impl
 from ..processes import fork_child, kill_and_reap, wait_pid
+from .usage import Parser, UsageError, impl_option, int_at_least, print_error
 
 PROG = "fdpass-bench-breakdown"
 STAMPS = struct.Struct("=dd")
 STAMP = struct.Struct("=d")
 WARMUP = 20
 TIMEOUT = 5.0
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def _worker(proxy: Any, listener: socket.socket, fd_passing: bool, index: int) -> int:
@@ -180,23 +160,20 @@ def measure_floor(count: int) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = Parser(prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--impl", default="reference:MasterProxy", metavar="MODULE:ATTR")
     p.add_argument("--baseline", default="reference:ForkSharedProxy", metavar="MODULE:ATTR")
-    p.add_argument("--workers", type=_positive, default=2)
-    p.add_argument("--connections", type=_positive, default=2000)
-    p.add_argument("--reps", type=_positive, default=3)
+    p.add_argument("--workers", type=int_at_least(1), default=2)
+    p.add_argument("--connections", type=int_at_least(1), default=2000)
+    p.add_argument("--reps", type=int_at_least(1), default=3)
     try:
         args = p.parse_args(argv)
-        for opt, spec in (("--impl", args.impl), ("--baseline", args.baseline)):
-            try:
-                load_impl(spec)
-            except ImplError as exc:
-                raise UsageError(str(exc).replace("--fdpass-impl=", f"{opt} ")) from None
-        if not load_impl(args.impl).fd_passing:
+        impl = impl_option(args.impl)
+        impl_option(args.baseline, "--baseline")
+        if not impl.fd_passing:
             raise UsageError(f"--impl {args.impl}: not an fd-passing proxy (it has no dispatch)")
     except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print_error(PROG, exc)
         return 2
     print(
         f"{PROG}: {args.impl} vs {args.baseline}, {args.workers} workers, "
@@ -209,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             base = measure(args.baseline, args.workers, args.connections)
             floor = measure_floor(args.connections)
         except OSError as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            print_error(PROG, exc)
             return 1
         print(
             f"{m[0]:9.1f}  {m[1]:14.1f}  {m[2]:8.1f}  {m[3]:8.1f}  {m[4]:5.1f} | "

@@ -9,16 +9,23 @@ because the problem, not the synopsis, is what the user needs to see.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TextIO
 
-from ..loading import ImplError, ImplSpec, load_impl, unique_ids
+from ..loading import ImplSpec, unique_ids
 from . import report as rep
 from .run import Config, run_bench
 from .servers import DEFAULT_DISPATCH_TIMEOUT, ServerError
+from .usage import (
+    Parser,
+    UsageError,
+    impl_option,
+    int_at_least,
+    positive_seconds,
+    print_error,
+)
 
 PROG = "fdpass-bench"
 DEFAULT_IMPLS = (
@@ -31,42 +38,8 @@ MAX_WORKERS = 256
 MAX_CLIENTS = 256
 
 
-class UsageError(Exception):
-    """A user error: printed as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-def _int_at_least(low: int, high: int | None = None) -> type[int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            bound = f"between {low} and {high}" if high is not None else f">= {low}"
-            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse  # type: ignore[return-value]
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog=PROG,
         description=(
             "Measure proxies side by side in one run (interleaved repetitions): connections "
@@ -81,38 +54,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="implementation to measure (repeatable; default: the three references). "
         f"{BASELINE} is always measured too, as the baseline of the ratios",
     )
-    p.add_argument("--workers", type=_int_at_least(1, MAX_WORKERS), default=2, metavar="W")
-    p.add_argument("--reps", type=_int_at_least(1, 1000), default=5, metavar="N")
+    p.add_argument("--workers", type=int_at_least(1, MAX_WORKERS), default=2, metavar="W")
+    p.add_argument("--reps", type=int_at_least(1, 1000), default=5, metavar="N")
     size = p.add_mutually_exclusive_group()
     size.add_argument(
         "--seconds",
-        type=_positive_float,
+        type=positive_seconds,
         metavar="S",
         help="length of each throughput phase (default 1.0)",
     )
     size.add_argument(
         "--connections",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         metavar="N",
         help="connections per throughput phase, instead of --seconds",
     )
     p.add_argument(
         "--clients",
-        type=_int_at_least(1, MAX_CLIENTS),
+        type=int_at_least(1, MAX_CLIENTS),
         default=2,
         metavar="C",
         help="load client processes in the throughput phase (connections in flight; default 2)",
     )
     p.add_argument(
         "--latency-samples",
-        type=_int_at_least(1, 1_000_000),
+        type=int_at_least(1, 1_000_000),
         default=200,
         metavar="N",
         help="sequential connections per rep for the latency percentiles (default 200)",
     )
     p.add_argument(
         "--burst",
-        type=_int_at_least(0, 2000),
+        type=int_at_least(0, 2000),
         default=200,
         metavar="N",
         help="connections per rep queued while the master is stopped, then dispatched back to "
@@ -120,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dispatch-timeout",
-        type=_positive_float,
+        type=positive_seconds,
         default=DEFAULT_DISPATCH_TIMEOUT,
         metavar="S",
         help="timeout the bench's master passes to dispatch() (it checks for stop in between)",
@@ -140,10 +113,7 @@ def _load(specs: Sequence[str]) -> list[ImplSpec]:
         if spec in seen:
             continue
         seen.add(spec)
-        try:
-            impls.append(load_impl(spec))
-        except ImplError as exc:
-            raise UsageError(str(exc).replace("--fdpass-impl=", "--impl ")) from None
+        impls.append(impl_option(spec))
     return unique_ids(impls)
 
 
@@ -193,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cfg.seconds is None and cfg.connections is None:
             cfg.seconds = 1.0
     except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print_error(PROG, exc)
         return 2
     progress = _Progress(
         sys.stderr, sys.stderr.isatty() if args.progress is None else bool(args.progress)
@@ -202,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = run_bench(cfg, progress)
     except ServerError as exc:
         progress.done()
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print_error(PROG, exc)
         return 1
     except KeyboardInterrupt:
         progress.done()
@@ -216,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.plot is not None:
             rep.write_plot(report, args.plot)
     except OSError as exc:
-        print(f"{PROG}: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        print_error(PROG, f"cannot write {exc.filename}: {exc.strerror}")
         return 2
     return 0
 
