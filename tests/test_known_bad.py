@@ -85,6 +85,7 @@ REFERENCES: dict[str, frozenset[str]] = {
     "reference:ReusePortProxy": IN_PROCESS | FP | IPC | FLT_FD_PASSING | {"FLT-04"},
     # Correct designs written unlike the reference, which the suites must not fail.
     "known_bad._exact_buffer:ExactBufferMasterProxy": IN_PROCESS | {"SP-15"},
+    "known_bad._releasing_master:ReleasingMasterProxy": IN_PROCESS | {"SP-15"},
     # A shared listener with a queue: the IPC class applies, IPC-08 (dispatch only) does not.
     "known_bad._queue_shared_listener:QueueOwningSharedProxy": (
         IN_PROCESS | FP | FLT_FD_PASSING | {"SP-15", "FLT-04", "IPC-08"}

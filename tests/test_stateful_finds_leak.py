@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import pytest
+from known_bad._releasing_master import ReleasingMasterProxy
 from known_bad.conditional_leak import ConditionalLeakProxy
 
 from fdpass_conformance.leaks.fds import fd_count
@@ -91,18 +92,6 @@ def test_the_reference_passes_the_same_run(request: pytest.FixtureRequest) -> No
     assert run.profile == PROFILE_DEFAULT and run.seed == SEED
     assert run.machine is not None and run.machine.failed is None
     assert not any(name == "fdpass_steps" for name, _ in request.node.user_properties)
-
-
-class ReleasingMasterProxy(MasterProxy):
-    """A correct variant: the master closes a dead worker's channel end at once
-    (the reference keeps it until close()). Its fd table shrinks below the
-    baseline, which is no leak."""
-
-    def _peer_gone(self, index: int, exc: OSError) -> None:
-        super()._peer_gone(index, exc)
-        end = self._master_ends[index]
-        if end is not None:
-            end.close()
 
 
 class ShrinkWatchingMachine(QuickMachine):

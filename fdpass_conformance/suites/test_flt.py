@@ -314,7 +314,8 @@ class FaultSuite(SuiteBase):
                 f"{what}: dispatch raised {outcome!r} and left the client hanging (no EOF in 2 s)"
             )
         after = fd_count(pid)
-        assert after == before, (
+        # Fewer is no leak: after EPIPE a master may close the dead worker's channel end.
+        assert after <= before, (
             f"{what}: the master's fds went {before} -> {after} [{describe_fds(pid)}]"
         )
 

@@ -379,7 +379,7 @@ class FdPassingSuite(SuiteBase):
             f"once fds were free again, the next client {describe_reply(reply, 5)}: "
             "the worker did not recover"
         )
-        assert_fd_counts_flat(srv, before, "after the fd table was full")
+        assert_fd_counts_flat(srv, before, "after the fd table was full", may_release=True)
 
     @pytest.mark.requirement("FP-15")
     @pytest.mark.parametrize("seq", cases.OUT_OF_ORDER, ids=lambda s: s.label.replace(" ", "-"))

@@ -237,7 +237,7 @@ class SocketProxySuite(SuiteBase):
         srv.call("close")
         srv.call("close")  # idempotent: must not raise
         assert srv.ipc_objects() == [], "close() left IPC objects"
-        assert_fd_counts_flat(srv, fds, "after close() in the master")
+        assert_fd_counts_flat(srv, fds, "after close() in the master", may_release=True)
         port = srv.port
         assert port is not None
         report = srv.shutdown(close_proxy=False)
@@ -293,7 +293,7 @@ class SocketProxySuite(SuiteBase):
             assert reply.answered and reply.end == "eof", (
                 f"connection {n} of 200 {describe_reply(reply, 5.0)}"
             )
-        assert_fd_counts_flat(srv, before, "over 200 sequential connections")
+        assert_fd_counts_flat(srv, before, "over 200 sequential connections", may_release=True)
 
     @pytest.mark.requirement("SP-17")
     @needs("served")
