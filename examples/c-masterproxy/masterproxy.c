@@ -21,6 +21,9 @@
  *   -DBROKEN_NO_ERRNO    (a switch of the kit) error replies carry no errno, as from
  *                        a library whose exceptions have none
  *   -DBROKEN_NO_REAP     (a switch of the kit) the master never reaps its workers
+ *   -DRELEASE_DEAD_WORKERS  (still correct) the master closes the channel end of a
+ *                        worker whose sendmsg failed with EPIPE; that worker leaves
+ *   -DBROKEN_QUIT_AFTER=N   a worker exits (status 0) after releasing N connections
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -362,6 +365,9 @@ static void op_dispatch(const request_t *rq, int listener) {
         }
         if (err == EPIPE || err == ECONNREFUSED || err == ECONNRESET) {
             dead[i] = 1; /* route around a dead worker */
+#ifdef RELEASE_DEAD_WORKERS
+            close_fd(&mends[i]);
+#endif
             continue;
         }
         close(conn);
@@ -478,6 +484,11 @@ static void op_release(int fd) {
             return;
         }
     close(fd);
+#ifdef BROKEN_QUIT_AFTER
+    static int released;
+    if (++released == BROKEN_QUIT_AFTER)
+        _exit(0);
+#endif
     if (nheld > 0 && !--nheld && chan >= 0 && !token_out) /* done with it: idle again */
         token_out = post_token(fdpass_worker_index());
 }

@@ -15,6 +15,8 @@ import os
 import resource
 from collections.abc import Callable
 
+from ..processes import has_ended
+
 #: O_CLOEXEC and O_NONBLOCK as the ``flags:`` line of fdinfo shows them (octal, Linux).
 O_CLOEXEC_LINUX = 0o2000000
 O_NONBLOCK_LINUX = 0o4000
@@ -51,12 +53,7 @@ def fd_flags(pid: int, fd: int) -> dict[str, bool] | None:
 
 def process_end(pid: int) -> str | None:
     """None while ``pid`` runs; "it exited" once it is gone or a zombie (not our child)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            state = fh.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return "it exited"
-    return "it exited" if state in ("Z", "X", "x") else None
+    return "it exited" if has_ended(pid) else None
 
 
 class RemoteFdFiller:

@@ -346,7 +346,7 @@ class Master:
 
     def op_exited(self) -> dict[int, int]:
         self._reap()
-        return dict(self.exited)
+        return self._worker_statuses()
 
     def op_shutdown(self, close_proxy: bool, grace: float) -> dict[int, int]:
         self.op_unfill()
@@ -359,7 +359,7 @@ class Master:
                     self.events.emit("close-error", type=type(exc).__name__, message=str(exc))
         # Only fd-passing workers can notice the close (EOF); don't wait for the others.
         self._wait_workers(grace if any(i.fd_passing for i in self.instances) else 0.0)
-        return dict(self.exited)
+        return self._worker_statuses()
 
     # -- machinery -------------------------------------------------------
 
@@ -392,6 +392,18 @@ class Master:
                 return
             self.exited[pid] = status
             self.backend.child_reaped(pid, status)
+
+    def _worker_statuses(self) -> dict[int, int]:
+        """pid -> wait status of the children reaped, keyed by the implementation's worker
+        pids (the only ones the suites know). An exec program's worker is a child of the
+        program, out of our reach: the status given for it is that of the harness worker
+        that drove it, which leaves when its program worker does (0 when it said why)."""
+        impl = {
+            pid: inst.impl_workers.get(index, pid)
+            for inst in self.instances
+            for index, pid in inst.workers.items()
+        }
+        return {impl.get(pid, pid): status for pid, status in self.exited.items()}
 
     def _live_workers(self) -> list[int]:
         self._reap()

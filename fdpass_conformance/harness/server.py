@@ -20,13 +20,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
 from ..contract import ProtocolType
 from ..leaks.fds import FdInfo, fd_inventory
 from ..leaks.ipcs import IpcObject, list_ipc_objects, parse_ipcs, remove_ipc_object
 from ..outcomes import not_applicable
-from ..processes import describe_status, fork_child, kill_tree
+from ..processes import describe_status, fork_child, has_ended, kill_tree
 from . import namespace
 from .backends import backend_for
 from .errors import HarnessError as HarnessError  # its home for the suites' imports
@@ -385,7 +383,7 @@ class ProxyServer:
             return
         if sig in (signal.SIGKILL, signal.SIGTERM):
             deadline = time.monotonic() + wait
-            while not _gone_or_zombie(pid):
+            while not has_ended(pid):
                 if time.monotonic() > deadline:
                     raise HarnessError(
                         f"fdpass_proxy_server: worker {index} (pid {pid}) survived {sig}"
@@ -484,7 +482,7 @@ class ProxyServer:
         return (
             self._master_pid is not None
             and self._master_status is None
-            and not _gone_or_zombie(self._master_pid)
+            and not has_ended(self._master_pid)
         )
 
     def _reap_master(self, deadline: float) -> None:
@@ -505,11 +503,11 @@ class ProxyServer:
 
     def _group_pids(self) -> list[int]:
         everyone = [p for info in self.instances for p in info.worker_pids]
-        pids = [p for p in everyone if not _gone_or_zombie(p)]
+        pids = [p for p in everyone if not has_ended(p)]
         if self._master_pid is not None and self._master_status is None:
             pids.append(self._master_pid)
         impl = [i.impl_master for i in self.instances if i.impl_master is not None]
-        pids += [p for p in impl if not _gone_or_zombie(p)]
+        pids += [p for p in impl if not has_ended(p)]
         return pids
 
     def _describe_status(self) -> str:
@@ -577,13 +575,6 @@ def _read_line(sock: socket.socket, timeout: float) -> bytes:
                 break
             buf += chunk
     return buf
-
-
-def _gone_or_zombie(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
 
 
 @contextlib.contextmanager

@@ -45,6 +45,24 @@ def describe_status(waitstatus: int) -> str:
     return describe_exit(exit_code(waitstatus))
 
 
+def is_zombie(pid: int) -> bool:
+    """``pid`` has ended and its parent has not reaped it yet."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def has_ended(pid: int) -> bool:
+    """``pid`` runs no more: gone, or a zombie. A zombie has no fds and no namespaces
+    left, so evidence read from it would describe nothing; and only its parent, which
+    may not be us (an exec program's worker), can reap it."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
 def try_reap(pid: int) -> int | None:
     """Reap ``pid`` if it has ended; return its :func:`exit_code`, else None."""
     try:

@@ -8,13 +8,13 @@ import os
 import socket
 import time
 
-import psutil
 import pytest
 
 from .. import cases
 from ..harness.server import ProxyServer, read_reply
 from ..leaks.ports import port_is_free
 from ..outcomes import blocked, not_applicable
+from ..processes import is_zombie
 from .applicability import require_served, served, served_each
 from .base import StartServer, SuiteBase, needs
 from .evidence import assert_fd_counts_flat, describe_reply, fd_counts, free_port, wait_in_accept
@@ -33,13 +33,6 @@ def _served_by(server: ProxyServer, timeout: float = 5.0) -> int | None:
     """One request; the index of the worker that answered it (None: no answer)."""
     with server.connect(timeout) as client:
         return read_reply(client, b"ping", timeout, eof_grace=0).index
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _leaves_nothing(server: ProxyServer, inst: int, call: str, *args: object) -> BaseException:
@@ -358,9 +351,9 @@ class SocketProxySuite(SuiteBase):
         srv.kill_worker(0)  # returns once the worker is dead (a zombie or gone)
         srv.call("is_supported")  # one request: the master's loop gets its chance to reap
         deadline = time.monotonic() + 3.0
-        while _is_zombie(pid) and time.monotonic() < deadline:
+        while is_zombie(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert not _is_zombie(pid), (
+        assert not is_zombie(pid), (
             f"worker 0 (pid {pid}) is still a zombie 3 s after it was killed, and its master "
             "answered a request meanwhile: the program's master never reaps its workers"
         )

@@ -8,6 +8,7 @@ clear line, not a hang; and nothing of any run is left (processes, queues).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -122,7 +123,7 @@ def assert_nothing_left(marker: str) -> None:
 
 
 def summary_line(result: pytest.RunResult, req: str) -> str:
-    rows = [line for line in result.outlines if line.startswith(f"{req} ")]
+    rows = [line for line in result.outlines if re.match(rf"{req} +(MUST|SHOULD) ", line)]
     assert len(rows) == 1, f"no single summary row for {req}: {rows}"
     return rows[0]
 
@@ -188,6 +189,32 @@ def test_a_program_dying_mid_run_is_one_clear_line(pytester: pytest.Pytester) ->
         "request 3 as compiled)"
     ) in row, row
     assert failed(report) == {"SP-09"}
+    assert_nothing_left(str(binary))
+
+
+@needs_cc
+def test_a_program_master_releasing_a_dead_workers_channel_passes(
+    pytester: pytest.Pytester,
+) -> None:
+    """After an injected EPIPE the master closes that worker's channel end and the
+    program worker leaves on EOF, cleanly: no violation. Its zombie (the program's
+    child, not ours) once read as "0 fds, expected 5" (worker-fds-flat)."""
+    binary = build(pytester.path / "masterproxy-release", "-DRELEASE_DEAD_WORKERS")
+    result, report, _ = run_suites(pytester, f"exec:{binary}", "--fdpass-only=FLT-01,FLT-05")
+    assert failed(report) == set(), result.stdout.str()[-3000:]
+    assert result.ret == 0
+    assert_nothing_left(str(binary))
+
+
+@needs_cc
+def test_a_program_worker_that_quits_fails_workers_alive(pytester: pytest.Pytester) -> None:
+    """A program's worker is a child of the program: its end is read from the harness
+    worker that drove it, and named as the root cause (not as its fds gone to zero)."""
+    binary = build(pytester.path / "masterproxy-quits", "-DBROKEN_QUIT_AFTER=3")
+    result, report, _ = run_suites(pytester, f"exec:{binary}", "--fdpass-only=FLT-05")
+    assert failed(report) == {"FLT-05"}, result.stdout.str()[-3000:]
+    row = summary_line(result, "FLT-05")
+    assert "workers-alive: worker(s) exited without being killed" in row, row
     assert_nothing_left(str(binary))
 
 

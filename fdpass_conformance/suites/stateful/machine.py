@@ -26,7 +26,7 @@ from hypothesis.stateful import (
 
 from ...harness.server import HarnessError, ProxyServer, ServerOptions
 from ...leaks.fds import fd_count, fd_inventory, fd_links
-from ...processes import describe_status
+from ...processes import describe_status, has_ended
 from ..evidence import hidden_errno, wait_until
 from ..faultctl import counted_fault
 from ..steps import sigpipe_default
@@ -257,26 +257,49 @@ class ProxyMachine(ProxyModel, RuleBasedStateMachine):
     def workers_alive(self) -> None:
         """workers-alive (and master-alive: the master answers)."""
         srv = self._srv()
-        exited = cast(dict[int, int], self._master("exited", lambda: srv.request("exited")))
-        gone = {p: s for p, s in exited.items() if p in self.pids and p not in self.killed_pids}
+        gone = self._ended_workers()
         srv.events.drain()
-        crashed = {e.pid for e in srv.events.events if e.kind == "crash"}
+        crashes = {
+            self.pids[e.index]: e
+            for e in srv.events.events
+            if e.kind == "crash" and e.role == "worker" and 0 <= e.index < len(self.pids)
+        }
         for pid, status in sorted(gone.items()):
-            if self.written_off and status == 0 and pid not in crashed:
+            if self.written_off and status == 0 and pid not in crashes:
                 self._released(pid)
                 del gone[pid]
         if gone:
-            crashes = [e for e in srv.events.events if e.kind == "crash" and e.pid in gone]
             detail = "; ".join(
-                f"worker pid {e.pid}: {e.detail.get('type')}: {e.detail.get('message')}"
-                for e in crashes
+                f"worker pid {pid}: {e.detail.get('type')}: {e.detail.get('message')}"
+                for pid, e in sorted(crashes.items())
+                if pid in gone
             )
-            statuses = ", ".join(f"pid {p}: {describe_status(s)}" for p, s in sorted(gone.items()))
+            statuses = ", ".join(
+                f"pid {p}: {'status unknown' if s is None else describe_status(s)}"
+                for p, s in sorted(gone.items())
+            )
             self._violate(
                 INV_WORKERS,
                 f"worker(s) exited without being killed ({statuses})"
                 + (f"; {detail}" if detail else ""),
             )
+
+    def _ended_workers(self) -> dict[int, int | None]:
+        """pid -> wait status of each worker that ended without being killed (None: not
+        known yet). A program's worker (exec adapter) ends a moment before the harness
+        worker that drives it, whose status stands for it: seen ended, it is waited for."""
+        srv = self._srv()
+
+        def reaped() -> dict[int, int]:
+            exited = cast(dict[int, int], self._master("exited", lambda: srv.request("exited")))
+            return {p: s for p, s in exited.items() if p in self.pids and p not in self.killed_pids}
+
+        statuses = reaped()
+        ended = [self.pids[i] for i in sorted(self.alive) if has_ended(self.pids[i])]
+        if any(pid not in statuses for pid in ended):
+            wait_until(lambda: all(pid in reaped() for pid in ended), self.settle_timeout)
+            statuses = reaped()
+        return {**dict.fromkeys(ended), **statuses}
 
     def _released(self, pid: int) -> None:
         """A worker left cleanly after the master was told (by an injected EPIPE) that

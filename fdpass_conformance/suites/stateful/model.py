@@ -20,6 +20,7 @@ import pytest
 from ...harness.server import HarnessError, ProxyServer
 from ...harness.worker_role import HOLD
 from ...leaks.fds import fd_count
+from ...processes import has_ended
 from ..evidence import asleep, wait_until
 from .clients import (
     CLOSED,
@@ -347,7 +348,10 @@ class ProxyModel:
 
 
 def fd_count_or(pid: int, default: int) -> int:
+    """The fds of ``pid``, or ``default`` once it has ended (a zombie has none): the
+    workers-alive check, not the fd count, reports a worker that vanished."""
     try:
-        return fd_count(pid)
+        count = fd_count(pid)
     except ProcessLookupError:
-        return default  # the workers-alive check reports a worker that vanished
+        return default
+    return default if has_ended(pid) else count  # asked after: a count mid-exit is partial
