@@ -24,13 +24,14 @@ the environment forces the fallback (to test it on a capable machine).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Final, NamedTuple
 
 from fdpass_conformance.processes import call_in_child
@@ -271,6 +272,38 @@ def enter_new_ipc_namespace() -> None:
         _unshare_user_and_ipc("")
     else:
         _unshare_ipc()
+
+
+@contextlib.contextmanager
+def calling_thread_in_new_ipc_namespace() -> Iterator[bool]:
+    """Run the body with the calling thread in a fresh IPC namespace; yield whether it moved.
+
+    Why: a test in the pytest process (the ``fdpass_leak_check`` fixture) that
+    diffs the host's ``ipcs`` sees the queues of tests running beside it under
+    pytest-xdist, whatever lock it holds, since those tests take none. In a
+    namespace of its own, ``ipcs`` (forked from this thread) lists exactly its
+    objects, and whatever it leaked vanishes with the namespace once the thread
+    is moved back. Only root with CAP_SYS_ADMIN can move back (``setns``), and
+    ``unshare(CLONE_NEWIPC)`` alone, unlike a user namespace, is allowed in a
+    multi-threaded process such as a pytest-xdist worker; elsewhere this yields
+    False and moves nothing, and the caller takes the lock fallback.
+    """
+    if IPC_NAMESPACE_METHOD != "ipc":
+        yield False
+        return
+    home = os.open("/proc/thread-self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            unshare(CLONE_NEWIPC)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            setns(home, CLONE_NEWIPC)
+    finally:
+        os.close(home)
 
 
 def _errno_from_message(message: str, default: int = errno.EIO) -> int:
