@@ -45,22 +45,24 @@ def describe_status(waitstatus: int) -> str:
     return describe_exit(exit_code(waitstatus))
 
 
+def _state(pid: int) -> str | None:
+    """psutil's status of ``pid``, None once it is gone (reaped, or never ours to see)."""
+    try:
+        return str(psutil.Process(pid).status())
+    except psutil.NoSuchProcess:
+        return None
+
+
 def is_zombie(pid: int) -> bool:
     """``pid`` has ended and its parent has not reaped it yet."""
-    try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
+    return _state(pid) == psutil.STATUS_ZOMBIE
 
 
 def has_ended(pid: int) -> bool:
     """``pid`` runs no more: gone, or a zombie. A zombie has no fds and no namespaces
     left, so evidence read from it would describe nothing; and only its parent, which
     may not be us (an exec program's worker), can reap it."""
-    try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
+    return _state(pid) in (None, psutil.STATUS_ZOMBIE)
 
 
 def try_reap(pid: int) -> int | None:
